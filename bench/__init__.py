@@ -1,0 +1,1 @@
+"""placeholder package; see the issue that builds it."""

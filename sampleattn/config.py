@@ -1,0 +1,145 @@
+"""Validated, immutable configuration of the SampleAttention operator.
+
+`SampleAttentionConfig` holds the hyperparameters of one attention call (method.md, section 5).
+`ModelAttentionProfile` holds what a tuned profile carries for a whole model: a global config,
+per-layer overrides, and per-head overrides of alpha and window_ratio.
+
+These pydantic models are the only part of `sampleattn` that the store depends on, so they
+import nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "GQAGranularity",
+    "HeadOverride",
+    "LayerOverride",
+    "ModelAttentionProfile",
+    "SampleAttentionConfig",
+    "SUPPORTED_HEAD_DIMS",
+]
+
+GQAGranularity = Literal["query_head", "kv_head"]
+
+#: Head dimensions the Triton kernels are built for.
+SUPPORTED_HEAD_DIMS = (64, 96, 128, 256)
+
+
+class SampleAttentionConfig(BaseModel):
+    """Hyperparameters of SampleAttention for one layer (all fields keyword-only).
+
+    Attributes:
+        alpha: CRA target in (0, 1]: the fraction of the sampled rows' attention mass that the
+            window plus the selected columns must keep. 1 keeps every column (exact attention).
+        window_ratio: local window width as a fraction of seqlen_k, in [0, 1];
+            the window holds ``ceil(window_ratio * seqlen_k)`` keys ending at the diagonal.
+        sample_ratio: fraction of query rows sampled to score the key columns, in (0, 1].
+        gqa_granularity: ``"query_head"`` selects one column set per query head (the paper's
+            rule); ``"kv_head"`` sums the scores of the query heads that share a KV head and
+            selects one set per group, so the kernel loads each gathered K/V row for the group.
+        dense_below: run dense attention (PyTorch SDPA) when seqlen_k is below this.
+        block_m, block_n: query and key tile sizes of the sparse attention kernel.
+        sample_block: rows per sampled block in stage 1 (sampled rows come in contiguous
+            blocks of this many rows, spread at a regular stride; the last rows always included).
+        segment_rows: if set, one column set is selected per segment of this many query rows
+            (a multiple of block_m) instead of one per head; ``None`` means one set per head.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float = Field(0.95, gt=0.0, le=1.0)
+    window_ratio: float = Field(0.08, ge=0.0, le=1.0)
+    sample_ratio: float = Field(0.05, gt=0.0, le=1.0)
+    gqa_granularity: GQAGranularity = "query_head"
+    dense_below: int = Field(16_384, ge=0)
+    block_m: int = Field(64, ge=16, le=256)
+    block_n: int = Field(64, ge=16, le=256)
+    sample_block: int = Field(16, ge=16, le=128)
+    segment_rows: int | None = Field(None, ge=16)
+
+    @field_validator("block_m", "block_n", "sample_block")
+    @classmethod
+    def _power_of_two(cls, value: int, info) -> int:
+        if value & (value - 1):
+            raise ValueError(f"{info.field_name}={value} must be a power of two (16, 32, 64, 128...)")
+        return value
+
+    @model_validator(mode="after")
+    def _segments_align(self) -> "SampleAttentionConfig":
+        if self.segment_rows is not None and self.segment_rows % self.block_m:
+            raise ValueError(
+                f"segment_rows={self.segment_rows} must be a multiple of block_m={self.block_m}, "
+                "so that every query block lies in one segment"
+            )
+        return self
+
+    def window_size(self, seqlen_k: int) -> int:
+        """Window width in keys for a key length: ``ceil(window_ratio * seqlen_k)``."""
+        # Round first so that 0.08 * 100 = 8.000000000000002 does not become 9.
+        return int(-(-round(self.window_ratio * seqlen_k, 9) // 1))
+
+    def sampled_rows(self, seqlen_q: int) -> int:
+        """Number of query rows sampled: ``ceil(sample_ratio * seqlen_q)``."""
+        return max(1, int(-(-round(self.sample_ratio * seqlen_q, 9) // 1)))
+
+
+class HeadOverride(BaseModel):
+    """Per-head values that replace the layer's alpha and/or window_ratio."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float | None = Field(None, gt=0.0, le=1.0)
+    window_ratio: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class LayerOverride(BaseModel):
+    """Per-layer values that replace those of the profile's global config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: float | None = Field(None, gt=0.0, le=1.0)
+    window_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    sample_ratio: float | None = Field(None, gt=0.0, le=1.0)
+    heads: dict[int, HeadOverride] = Field(default_factory=dict)
+
+
+class ModelAttentionProfile(BaseModel):
+    """The attention configuration of a whole model: global config, layer and head overrides.
+
+    ``layers`` maps a layer index to its override; ``LayerOverride.heads`` maps a query-head
+    index to its override. Indices are validated against the model's geometry when the profile
+    is applied (`SampleAttention.check_geometry`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: SampleAttentionConfig = Field(default_factory=SampleAttentionConfig)
+    layers: dict[int, LayerOverride] = Field(default_factory=dict)
+
+    @field_validator("layers")
+    @classmethod
+    def _non_negative(cls, layers: dict[int, LayerOverride]) -> dict[int, LayerOverride]:
+        for index, layer in layers.items():
+            if index < 0:
+                raise ValueError(f"layer index {index} is negative")
+            for head in layer.heads:
+                if head < 0:
+                    raise ValueError(f"head index {head} of layer {index} is negative")
+        return layers
+
+    def layer_config(self, layer: int) -> SampleAttentionConfig:
+        """The config of one layer, with its override (not its head overrides) applied."""
+        override = self.layers.get(layer)
+        if override is None:
+            return self.config
+        changes = override.model_dump(exclude={"heads"}, exclude_none=True)
+        return self.config.model_copy(update=changes) if changes else self.config
+
+    def head_overrides(self, layer: int) -> dict[int, HeadOverride]:
+        """Per-head overrides of one layer (query-head index -> override)."""
+        override = self.layers.get(layer)
+        return dict(override.heads) if override is not None else {}
