@@ -1,0 +1,184 @@
+"""Triton code of stage 1: exact softmax statistics of the sampled query rows, column scores.
+
+Only ``@triton.jit`` functions live here; `sampling.py` launches them.
+
+Sampled rows come as a list ``ROWS`` of query-row indices grouped in blocks of ``BLOCK_S``
+(padded with -1). Three passes, each a grid of independent programs (no atomics, so the
+results are deterministic):
+
+1. `sampled_row_stats_kernel`: per sampled row and query head, the log-sum-exp over all
+   visible keys (log2 domain) and the share of the row's mass inside its own window.
+2. `column_scores_kernel`: per key tile and selection head (one query head, or all query heads
+   of a KV group), ``c_j = sum_r P_rj [j <= p_r - w]`` over the sampled rows of a segment.
+3. `stripe_mass_kernel`: per sampled row, the mass that the selected columns keep outside its
+   window (to report the minimum retained mass, CRA proper).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sampled_row_stats_kernel(
+    Q, K, ROWS, WINDOW, LSE2, WMASS,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_lb, stride_lh,
+    nheads_q, seqlen_q, seqlen_k, qk_scale, q_per_kv,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (n_row_blocks, B * Hq). Writes LSE2 and WMASS, both (B, Hq, n_rows_padded) fp32."""
+    pid_r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // nheads_q).to(tl.int64)
+    h = pid_bh % nheads_q
+    h64 = h.to(tl.int64)
+    kv_h = (h // q_per_kv).to(tl.int64)
+
+    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
+    rows = tl.load(ROWS + slots)
+    r_mask = rows >= 0
+    pos = seqlen_k - seqlen_q + rows
+    w = tl.load(WINDOW + h)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+
+    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    k_base = K + b * stride_kb + kv_h * stride_kh
+
+    m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    l_in = tl.zeros([BLOCK_S], dtype=tl.float32)
+    l_out = tl.zeros([BLOCK_S], dtype=tl.float32)
+    last = tl.max(tl.where(r_mask, pos, -1), 0)
+    for n0 in range(0, last + 1, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < seqlen_k
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        visible = r_mask[:, None] & n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        rescale = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+        inside = offs_n[None, :] > pos[:, None] - w
+        l_in = l_in * rescale + tl.sum(tl.where(inside, p, 0.0), 1)
+        l_out = l_out * rescale + tl.sum(tl.where(inside, 0.0, p), 1)
+        m_i = m_new
+
+    total = l_in + l_out
+    has_keys = total > 0.0
+    lse2 = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, total, 1.0)), float("inf"))
+    wmass = tl.where(has_keys, l_in / tl.where(has_keys, total, 1.0), 1.0)
+    out = b * stride_lb + h64 * stride_lh + slots
+    tl.store(LSE2 + out, lse2)
+    tl.store(WMASS + out, wmass)
+
+
+@triton.jit
+def column_scores_kernel(
+    Q, K, ROWS, WINDOW, LSE2, SEG_BLOCKS, FIRST_BLOCK, SCORES,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_lb, stride_lh,
+    stride_sb, stride_sh, stride_ss,
+    nheads_sel, seqlen_q, seqlen_k, qk_scale, q_per_kv, q_per_sel,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (cdiv(Sk, BLOCK_N), B * Hsel, n_seg). Writes SCORES (B, Hsel, n_seg, Sk) fp32.
+
+    SEG_BLOCKS (n_seg + 1,) int32: row blocks of segment s are [SEG_BLOCKS[s], SEG_BLOCKS[s+1]).
+    FIRST_BLOCK (n_key_tiles,) int32: the first row block that can see this key tile outside
+    its window (row blocks before it contribute nothing, so they are skipped).
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    seg = tl.program_id(2)
+    b = (pid_bh // nheads_sel).to(tl.int64)
+    sel_h = pid_bh % nheads_sel
+    kv_h = ((sel_h * q_per_sel) // q_per_kv).to(tl.int64)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < seqlen_k
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    k = tl.load(K + b * stride_kb + kv_h * stride_kh + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+
+    rb_lo = tl.maximum(tl.load(SEG_BLOCKS + seg), tl.load(FIRST_BLOCK + pid_n))
+    rb_hi = tl.load(SEG_BLOCKS + seg + 1)
+    score = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for t in range(0, q_per_sel):
+        h = sel_h * q_per_sel + t
+        h64 = h.to(tl.int64)
+        w = tl.load(WINDOW + h)
+        q_base = Q + b * stride_qb + h64 * stride_qh
+        for rb in range(rb_lo, rb_hi):
+            slots = rb * BLOCK_S + tl.arange(0, BLOCK_S)
+            rows = tl.load(ROWS + slots)
+            r_mask = rows >= 0
+            pos = seqlen_k - seqlen_q + rows
+            q = tl.load(q_base + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
+                        mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+            lse2 = tl.load(LSE2 + b * stride_lb + h64 * stride_lh + slots)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            # Only mass outside the row's window counts: j <= p - w (this is also causal).
+            keep = r_mask[:, None] & n_mask[None, :] & (offs_n[None, :] <= pos[:, None] - w)
+            p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
+            score += tl.sum(p, 0)
+    tl.store(SCORES + b * stride_sb + sel_h.to(tl.int64) * stride_sh + seg * stride_ss + offs_n,
+             score, mask=n_mask)
+
+
+@triton.jit
+def stripe_mass_kernel(
+    Q, K, ROWS, WINDOW, LSE2, BLOCK_SEG, COL_IDX, COL_COUNT, STRIPE,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_lb, stride_lh,
+    stride_cb, stride_ch, stride_cs,
+    stride_nb, stride_nh,
+    nheads_q, seqlen_q, seqlen_k, qk_scale, q_per_kv, q_per_sel,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (n_row_blocks, B * Hq). Writes STRIPE (B, Hq, n_rows_padded) fp32: per sampled row,
+    the softmax mass of the selected columns left of its window. BLOCK_SEG (n_row_blocks,)
+    int32 gives each row block's segment; COL_COUNT is (B, Hsel, n_seg) int32."""
+    pid_r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // nheads_q).to(tl.int64)
+    h = pid_bh % nheads_q
+    h64 = h.to(tl.int64)
+    kv_h = (h // q_per_kv).to(tl.int64)
+    sel_h = (h // q_per_sel).to(tl.int64)
+
+    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
+    rows = tl.load(ROWS + slots)
+    r_mask = rows >= 0
+    pos = seqlen_k - seqlen_q + rows
+    w = tl.load(WINDOW + h)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    lse2 = tl.load(LSE2 + b * stride_lb + h64 * stride_lh + slots)
+    seg = tl.load(BLOCK_SEG + pid_r)
+    n_cols = tl.load(COL_COUNT + b * stride_nb + sel_h * stride_nh + seg)
+    col_base = COL_IDX + b * stride_cb + sel_h * stride_ch + seg * stride_cs
+    k_base = K + b * stride_kb + kv_h * stride_kh
+
+    mass = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for c0 in range(0, n_cols, BLOCK_N):
+        offs_c = c0 + tl.arange(0, BLOCK_N)
+        c_mask = offs_c < n_cols
+        cols = tl.load(col_base + offs_c, mask=c_mask, other=0)
+        k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                    mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        keep = r_mask[:, None] & c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
+        mass += tl.sum(tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0), 1)
+    tl.store(STRIPE + b * stride_lb + h64 * stride_lh + slots, mass)

@@ -1,0 +1,171 @@
+"""Triton code of stage 3: FlashAttention over a local window band plus gathered key columns.
+
+Only ``@triton.jit`` functions live here; `sparse_attention.py` validates, allocates and
+launches. Everything is in the log2 domain: scores are multiplied by ``scale * log2(e)`` and
+exponentiated with ``exp2``.
+
+For a query block of rows with absolute positions ``p`` (bottom-right alignment,
+``p_i = seqlen_k - seqlen_q + i``) and window ``w``, row ``i`` attends to
+
+* (a) gathered columns ``j`` of the selection with ``j <= p_i - w`` (left of its window), and
+* (b) the contiguous band ``p_i - w < j <= p_i``.
+
+A selected column that falls inside row i's window is excluded from (a) by the mask and counted
+once, in (b). The band loop is split into masked edge tiles and unmasked interior tiles.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _online_softmax_step(acc, m_i, l_i, s, v):
+    """Fold one tile of log2-domain scores ``s`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
+
+    Masked entries of ``s`` are -inf. A row whose running max is still -inf (nothing visible
+    yet) uses 0 as its reference, so ``exp2(-inf - -inf)`` (NaN) never happens.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    rescale = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
+    l_i = l_i * rescale + tl.sum(p, 1)
+    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _band_tiles(
+    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w, seqlen_k, start, end,
+    offs_d, d_mask, qk_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Attend to the key tiles [start, end) of the window band; ``start`` is tile-aligned."""
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        if MASKED:
+            n_mask = offs_n < seqlen_k
+            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+            v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            keep = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - w)
+            keep = keep & n_mask[None, :]
+            s = tl.where(keep, s, float("-inf"))
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def sparse_attention_fwd_kernel(
+    Q, K, V, O, LSE, COL_IDX, COL_END, WINDOW,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_vb, stride_vn, stride_vh,
+    stride_ob, stride_om, stride_oh,
+    stride_lb, stride_lh,
+    stride_cb, stride_ch, stride_cs,
+    stride_eb, stride_eh,
+    nheads_q, seqlen_q, seqlen_k, qk_scale,
+    q_per_kv, q_per_sel, segment_rows,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, query head).
+
+    Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); LSE (B, Hq, Sq) fp32;
+    COL_IDX (B, Hsel, n_seg, kmax) int32, ascending; COL_END (B, Hq, n_mblocks) int32, the
+    number of leading COL_IDX entries that lie left of the block's last row's window;
+    WINDOW (Hq,) int32.
+    """
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // nheads_q).to(tl.int64)
+    h = pid_bh % nheads_q
+    kv_h = (h // q_per_kv).to(tl.int64)
+    sel_h = (h // q_per_sel).to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    row0 = pid_m * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < seqlen_q
+    offset = seqlen_k - seqlen_q
+    pos = offset + offs_m
+    w = tl.load(WINDOW + h)
+
+    q_base = Q + b * stride_qb + h64 * stride_qh
+    q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    k_base = K + b * stride_kb + kv_h * stride_kh
+    v_base = V + b * stride_vb + kv_h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # (a) gathered stripe columns left of the window band.
+    seg = row0 // segment_rows
+    n_cols = tl.load(COL_END + b * stride_eb + h64 * stride_eh + pid_m)
+    col_base = COL_IDX + b * stride_cb + sel_h * stride_ch + seg * stride_cs
+    for c0 in range(0, n_cols, BLOCK_N):
+        offs_c = c0 + tl.arange(0, BLOCK_N)
+        c_mask = offs_c < n_cols
+        cols = tl.load(col_base + offs_c, mask=c_mask, other=0)
+        cols64 = cols.to(tl.int64)
+        k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :],
+                    mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+        v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :],
+                    mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
+        s = tl.where(keep, s, float("-inf"))
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v)
+
+    # (b) the window band [first_pos - w + 1, last_pos], masked at its edges only.
+    first_pos = offset + row0
+    last_pos = offset + tl.minimum(row0 + BLOCK_M, seqlen_q) - 1
+    band_lo = tl.maximum(first_pos - w + 1, 0)
+    band_hi = tl.where(w > 0, last_pos + 1, band_lo)
+    tile_lo = (band_lo // BLOCK_N) * BLOCK_N
+    # Interior: keys every row of the block keeps (inside every row's window, causal for all).
+    inner_lo = tl.maximum(tile_lo, ((last_pos - w + 1 + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+    inner_hi = tl.maximum(inner_lo, ((first_pos + 1) // BLOCK_N) * BLOCK_N)
+    inner_hi = tl.minimum(inner_hi, (band_hi // BLOCK_N) * BLOCK_N)
+    inner_hi = tl.maximum(inner_hi, inner_lo)
+    left_end = tl.minimum(inner_lo, band_hi)
+    acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
+                                seqlen_k, tile_lo, left_end, offs_d, d_mask, qk_scale,
+                                BLOCK_N=BLOCK_N, MASKED=True)
+    acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
+                                seqlen_k, inner_lo, inner_hi, offs_d, d_mask, qk_scale,
+                                BLOCK_N=BLOCK_N, MASKED=False)
+    right_lo = tl.maximum(inner_hi, left_end)
+    right_lo = tl.maximum(right_lo, tile_lo)
+    # right_lo is tile-aligned unless left_end clipped at band_hi, in which case the loop is empty.
+    acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
+                                seqlen_k, right_lo, band_hi, offs_d, d_mask, qk_scale,
+                                BLOCK_N=BLOCK_N, MASKED=True)
+
+    # A row that kept no key (an empty window and no column) outputs 0, never NaN.
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    o_base = O + b * stride_ob + h64 * stride_oh
+    tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    if RETURN_LSE:
+        # Back from the log2 domain: lse = ln(2) * (m + log2(l)).
+        lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(LSE + b * stride_lb + h64 * stride_lh + offs_m, lse, mask=m_mask)

@@ -1,0 +1,117 @@
+"""Launcher of stage 3: sparse FlashAttention over a window band plus gathered key columns.
+
+This module validates nothing about the method (the plan is trusted); it checks only what
+would make the kernel read out of bounds, computes the per-query-block column counts, and
+launches. The oracle with the same inputs is `sampleattn.reference.sparse_attention_ref`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from ._sparse_attention_jit import sparse_attention_fwd_kernel
+
+__all__ = ["MAX_GRID_Y", "columns_left_of_window", "sparse_attention_fwd"]
+
+#: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
+MAX_GRID_Y = 65_535
+
+
+def columns_left_of_window(
+    col_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
+    block_m: int, segment_rows: int, q_per_sel: int,
+) -> torch.Tensor:
+    """For each (batch, query head, query block): how many leading selected columns lie left of
+    the window of the block's last row, i.e. are ``< last_pos - w + 1``.
+
+    Args:
+        col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with ``seqlen_k``.
+        window: (Hq,) int32 window width per query head.
+    Returns:
+        (B, Hq, n_mblocks) int32. Memory O(B * Hq * seqlen_q / block_m): never O(seqlen^2).
+    """
+    batch, n_sel, n_seg, _ = col_idx.shape
+    n_mb = triton.cdiv(seqlen_q, block_m)
+    mb_per_seg = segment_rows // block_m
+    device = col_idx.device
+    mb = torch.arange(n_seg * mb_per_seg, device=device)
+    last_pos = seqlen_k - seqlen_q + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
+    w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
+    hi = (last_pos.view(1, 1, -1) - w + 1).view(n_sel, q_per_sel, n_seg, mb_per_seg)
+    hi = hi.permute(0, 2, 1, 3).reshape(1, n_sel, n_seg, q_per_sel * mb_per_seg)
+    hi = hi.expand(batch, -1, -1, -1).contiguous().to(col_idx.dtype)
+    counts = torch.searchsorted(col_idx.contiguous(), hi)  # entries strictly below hi
+    counts = counts.view(batch, n_sel, n_seg, q_per_sel, mb_per_seg).permute(0, 1, 3, 2, 4)
+    counts = counts.reshape(batch, n_sel * q_per_sel, n_seg * mb_per_seg)[:, :, :n_mb]
+    return counts.to(torch.int32).contiguous()
+
+
+def sparse_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    col_idx: torch.Tensor,
+    window: torch.Tensor,
+    *,
+    segment_rows: int,
+    q_per_sel: int,
+    scale: float,
+    block_m: int = 64,
+    block_n: int = 64,
+    return_lse: bool = False,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the stage-3 kernel.
+
+    Args:
+        q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), same dtype and device, last dim contiguous.
+        col_idx: (B, Hsel, n_seg, kmax) int32 selected columns, ascending, padded with Sk.
+        window: (Hq,) int32 window width per query head.
+        segment_rows: query rows per column set (a multiple of block_m; Sq rounded up for one set).
+        q_per_sel: query heads per selection head (1, or Hq // Hkv for KV-head granularity).
+        scale: softmax scale applied to q.k.
+    Returns:
+        out (B, Sq, Hq, D) in q's dtype, and lse (B, Hq, Sq) fp32 natural log-sum-exp (or None).
+    """
+    batch, seqlen_q, nheads_q, head_dim = q.shape
+    _, seqlen_k, nheads_kv, _ = k.shape
+    if batch * nheads_q > MAX_GRID_Y:
+        raise ValueError(
+            f"batch * nheads_q = {batch * nheads_q} exceeds the CUDA grid limit {MAX_GRID_Y}; "
+            "split the batch into smaller calls"
+        )
+    if segment_rows % block_m:
+        raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
+    col_idx = col_idx.contiguous()
+    col_end = columns_left_of_window(
+        col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
+        segment_rows=segment_rows, q_per_sel=q_per_sel,
+    )
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32) if return_lse \
+        else torch.empty((1, 1, 1), device=q.device, dtype=torch.float32)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if num_warps is None:
+        num_warps = 4 if block_d <= 64 else 8
+    if num_stages is None:
+        num_stages = 2 if block_d >= 256 else 3
+    grid = (triton.cdiv(seqlen_q, block_m), batch * nheads_q)
+    sparse_attention_fwd_kernel[grid](
+        q, k, v, out, lse, col_idx, col_end, window,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
+        col_end.stride(0), col_end.stride(1),
+        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
+        nheads_q // nheads_kv, q_per_sel, segment_rows,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out, (lse if return_lse else None)

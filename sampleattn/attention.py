@@ -1,0 +1,171 @@
+"""Stage 3 and the whole operator: `sparse_attention`, `sample_attention`, `dense_attention`.
+
+Backends: ``"triton"`` (the kernels; on the CPU only under ``TRITON_INTERPRET=1``), ``"torch"``
+(the plain-PyTorch reference: exact, O(seqlen^2) memory, for small inputs on the CPU), and
+``"auto"``: Triton on a GPU or under the interpreter, else torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .config import HeadOverride, SampleAttentionConfig
+from .planning import SparsePlan, plan
+from .validation import check_qkv, default_scale, kernel_backend_available
+
+__all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
+
+Backend = Literal["auto", "triton", "torch"]
+
+
+def resolve_backend(t: torch.Tensor, backend: Backend) -> Literal["triton", "torch"]:
+    """Pick the backend for tensors on ``t``'s device (see the module docstring)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend={backend!r}; choose 'auto', 'triton' or 'torch'")
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        kernel_backend_available(t)
+        return "triton"
+    try:
+        kernel_backend_available(t)
+        return "triton"
+    except ValueError:
+        return "torch"
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: SparsePlan,
+    *,
+    return_lse: bool = False,
+    block_m: int = 64,
+    block_n: int = 64,
+    backend: Backend = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3: attention over the plan's window band plus its selected columns.
+
+    Args:
+        q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D); the shapes the plan was made for.
+        return_lse: also return the per-row natural log-sum-exp (B, Hq, Sq) fp32, e.g. to merge
+            chunks in chunked prefill (-inf for a row that kept no key).
+        block_m, block_n: kernel tile sizes (keyword-only; block_m must divide plan.segment_rows).
+    Returns:
+        out (B, Sq, Hq, D) in q's dtype (and lse).
+    """
+    check_qkv(q, k, v)
+    expected = (plan.batch, plan.seqlen_q, plan.nheads_q)
+    got = (q.shape[0], q.shape[1], q.shape[2])
+    if got != expected or (k.shape[1], k.shape[2]) != (plan.seqlen_k, plan.nheads_kv):
+        raise ValueError(
+            f"the plan was made for (batch, seqlen_q, nheads_q)={expected}, seqlen_k={plan.seqlen_k}, "
+            f"nheads_kv={plan.nheads_kv}; got q {tuple(q.shape)} and k {tuple(k.shape)}: plan again"
+        )
+    if plan.col_idx.device != q.device:
+        raise ValueError(f"the plan is on {plan.col_idx.device} but q is on {q.device}")
+    if resolve_backend(q, backend) == "torch":
+        from .reference import sparse_attention_ref
+
+        return sparse_attention_ref(q, k, v, plan, return_lse=return_lse)
+    from sampleattn.kernels import sparse_attention_fwd
+
+    out, lse = sparse_attention_fwd(
+        q, k, v, plan.col_idx, plan.window, segment_rows=plan.segment_rows,
+        q_per_sel=plan.q_per_sel, scale=plan.scale, block_m=block_m, block_n=block_n,
+        return_lse=return_lse,
+    )
+    return (out, lse) if return_lse else out
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Exact attention through PyTorch SDPA (cuDNN/flash/memory-efficient/math, as PyTorch picks).
+
+    q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D); bottom-right causal alignment when Sq < Sk.
+    Returns (B, Sq, Hq, D).
+    """
+    check_qkv(q, k, v, causal=True)
+    scale = default_scale(q, scale)
+    seqlen_q, nheads_q = q.shape[1], q.shape[2]
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if nheads_kv != nheads_q:
+        # Expanding KV is portable across SDPA backends and torch versions (enable_gqa is not
+        # accepted by every backend together with a bias).
+        kh = kh.repeat_interleave(nheads_q // nheads_kv, dim=1)
+        vh = vh.repeat_interleave(nheads_q // nheads_kv, dim=1)
+    if not causal:
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+    elif seqlen_q == seqlen_k:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:
+        from torch.nn.attention.bias import causal_lower_right
+
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(seqlen_q, seqlen_k),
+                                             scale=scale)
+    return out.transpose(1, 2)
+
+
+def sample_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: SampleAttentionConfig | None = None,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    return_plan: bool = False,
+    return_lse: bool = False,
+    heads: Mapping[int, HeadOverride] | None = None,
+    backend: Backend = "auto",
+):
+    """SampleAttention: plan (stages 1-2) then sparse attention (stage 3).
+
+    Below ``config.dense_below`` keys it runs dense attention instead, and the plan returned is
+    None (with ``return_lse`` the dense path runs the kernel with a full window, still exact).
+
+    Args:
+        q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), Sq <= Sk.
+        config: hyperparameters (default `SampleAttentionConfig()`).
+        heads: per-query-head overrides of alpha and window_ratio.
+    Returns:
+        out (B, Sq, Hq, D); then lse (B, Hq, Sq) if ``return_lse``; then the plan if ``return_plan``.
+    """
+    config = config or SampleAttentionConfig()
+    check_qkv(q, k, v, causal=causal)
+    scale = default_scale(q, scale)
+    chosen = resolve_backend(q, backend)
+    dense = k.shape[1] < config.dense_below
+    sparse_plan: SparsePlan | None = None
+    if dense and not return_lse:
+        out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
+    else:
+        run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0}) if dense else config
+        if chosen == "torch":
+            from .reference import plan_ref
+
+            sparse_plan = plan_ref(q, k, run_config, scale=scale, heads=None if dense else heads)
+        else:
+            sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads)
+        result = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
+                                  block_n=config.block_n, backend=chosen)
+        out, lse = result
+        if dense:
+            sparse_plan = None
+    outputs: tuple = (out,)
+    if return_lse:
+        outputs += (lse,)
+    if return_plan:
+        outputs += (sparse_plan,)
+    return outputs[0] if len(outputs) == 1 else outputs

@@ -1,0 +1,154 @@
+"""`SampleAttention`: the object users hold, one per model.
+
+It carries a `ModelAttentionProfile` (a global config, per-layer and per-head overrides),
+checks the geometry of the model it is applied to, and dispatches each call to the kernels or
+to dense attention. `SampleAttention.from_profile` loads a tuned profile from the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import Backend, sample_attention
+from .config import ModelAttentionProfile, SampleAttentionConfig
+
+__all__ = ["Geometry", "SampleAttention"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a profile must agree with: layers, query heads, KV heads, head dim."""
+
+    num_layers: int
+    nheads_q: int
+    nheads_kv: int
+    head_dim: int
+
+
+class SampleAttention:
+    """SampleAttention configured per layer (and per head where tuned).
+
+    Example::
+
+        attn = SampleAttention(SampleAttentionConfig(alpha=0.95))
+        out = attn(q, k, v, layer=3)     # q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D)
+
+    Args:
+        profile: a `ModelAttentionProfile`, or one `SampleAttentionConfig` for every layer.
+        geometry: the model's geometry, when known; profiles are checked against it.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see `sampleattn.attention`).
+    """
+
+    def __init__(
+        self,
+        profile: ModelAttentionProfile | SampleAttentionConfig | None = None,
+        *,
+        geometry: Geometry | None = None,
+        backend: Backend = "auto",
+    ) -> None:
+        if profile is None:
+            profile = ModelAttentionProfile()
+        elif isinstance(profile, SampleAttentionConfig):
+            profile = ModelAttentionProfile(config=profile)
+        elif not isinstance(profile, ModelAttentionProfile):
+            raise ValueError(
+                f"profile must be a ModelAttentionProfile or SampleAttentionConfig, got {type(profile).__name__}"
+            )
+        self.profile = profile
+        self.backend: Backend = backend
+        self.geometry = geometry
+        if geometry is not None:
+            self.check_geometry(geometry)
+
+    @classmethod
+    def from_profile(
+        cls,
+        model: str,
+        seq_len: int | str | None = None,
+        store=None,
+        *,
+        geometry: Geometry | None = None,
+        allow_synthetic: bool = False,
+        backend: Backend = "auto",
+    ) -> "SampleAttention":
+        """Load the tuned profile of ``model`` for ``seq_len`` from a profile store.
+
+        Args:
+            model: the model's catalogue name (e.g. ``"smollm2-135m"``).
+            seq_len: the prompt length to serve (``32k``, ``32768``...); the store's bucket rule
+                picks the profile. None picks the longest tuned length.
+            store: a `sampleattn.store.ProfileStore`, a SQLAlchemy URL, or None for the default.
+            geometry: the geometry of the model it will run on; checked against the profile.
+            allow_synthetic: accept a profile tuned on synthetic calibration data.
+        """
+        from .lengths import parse_length
+        from .store import ProfileStore
+
+        if store is None or isinstance(store, str):
+            store = ProfileStore(store, readonly=True)
+        length = None if seq_len is None else parse_length(seq_len)
+        record = store.get_profile(model, length, allow_synthetic=allow_synthetic)
+        stored = record.geometry
+        stored_geometry = None
+        if stored is not None:
+            stored_geometry = Geometry(stored["num_layers"], stored["nheads_q"], stored["nheads_kv"],
+                                       stored["head_dim"])
+        if geometry is not None and stored_geometry is not None and geometry != stored_geometry:
+            raise ValueError(
+                f"the profile of {model!r} was tuned for {stored_geometry}, but the model it is "
+                f"applied to has {geometry}: tune this model, or load the right profile"
+            )
+        return cls(record.profile, geometry=geometry or stored_geometry, backend=backend)
+
+    def check_geometry(self, geometry: Geometry) -> None:
+        """Raise if a layer or head override names a layer or head the model does not have."""
+        for layer, override in self.profile.layers.items():
+            if layer >= geometry.num_layers:
+                raise ValueError(
+                    f"the profile overrides layer {layer}, but the model has {geometry.num_layers} layers"
+                )
+            for head in override.heads:
+                if head >= geometry.nheads_q:
+                    raise ValueError(
+                        f"the profile overrides head {head} of layer {layer}, but the model has "
+                        f"{geometry.nheads_q} query heads"
+                    )
+
+    def config_for(self, layer: int) -> SampleAttentionConfig:
+        """The config used for one layer."""
+        return self.profile.layer_config(layer)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        layer: int = 0,
+        scale: float | None = None,
+        return_lse: bool = False,
+        return_plan: bool = False,
+    ):
+        """Attention of one layer: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> (B, Sq, Hq, D).
+
+        Dense (PyTorch SDPA) below the layer's ``dense_below`` keys; SampleAttention above.
+        """
+        if self.geometry is not None:
+            g = self.geometry
+            if not 0 <= layer < g.num_layers:
+                raise ValueError(f"layer={layer} is out of range for a model of {g.num_layers} layers")
+            if (q.shape[2], k.shape[2], q.shape[3]) != (g.nheads_q, g.nheads_kv, g.head_dim):
+                raise ValueError(
+                    f"q/k have (nheads_q, nheads_kv, headdim)=({q.shape[2]}, {k.shape[2]}, {q.shape[3]}) "
+                    f"but this operator was set up for {(g.nheads_q, g.nheads_kv, g.head_dim)}"
+                )
+        return sample_attention(
+            q, k, v, self.config_for(layer), scale=scale, return_lse=return_lse,
+            return_plan=return_plan, heads=self.profile.head_overrides(layer), backend=self.backend,
+        )
+
+    def __repr__(self) -> str:
+        return (f"SampleAttention(config={self.profile.config!r}, layer_overrides={len(self.profile.layers)}, "
+                f"backend={self.backend!r})")

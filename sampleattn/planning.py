@@ -1,0 +1,258 @@
+"""Stages 1 and 2: find, per head, the key columns that hold the attention mass.
+
+`plan` returns an immutable `SparsePlan` that the stage-3 kernel only consumes (plan, then
+run). The plan is O(seqlen) per head: a window width per query head and, per selection head
+and segment of query rows, a sorted list of column indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from .config import HeadOverride, SampleAttentionConfig
+from .sampling import SampledRows, choose_sampled_rows
+from .selection import density_per_head, select_columns
+from .validation import check_qk, default_scale, kernel_backend_available
+
+__all__ = ["SparsePlan", "plan", "head_parameters"]
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePlan:
+    """The mask ``M = Window(w) ∪ Stripes(I)`` of one attention call, and how good it is.
+
+    Index tensors (what stage 3 reads):
+        window: (Hq,) int32 window width per query head.
+        col_idx: (B, Hsel, n_seg, kmax) int32 selected key columns, ascending, padded with
+            ``seqlen_k``; segment s covers query rows [s * segment_rows, (s+1) * segment_rows).
+        col_count: (B, Hsel, n_seg) int32 valid entries of each col_idx row.
+    Reports (on the sampled rows):
+        retained_mean, retained_min: (B, Hq) fp32 retained attention mass; min is CRA proper.
+        density: (B, Hq) fp32 computed pairs / visible pairs.
+        scores: (B, Hsel, n_seg, Sk) fp32 column scores (sum over sampled rows of the mass
+            outside each row's window), or None.
+        sampled_rows: (n_rows,) int64 the sampled query rows.
+    """
+
+    batch: int
+    seqlen_q: int
+    seqlen_k: int
+    nheads_q: int
+    nheads_kv: int
+    gqa_granularity: str
+    segment_rows: int
+    scale: float
+    window: torch.Tensor
+    col_idx: torch.Tensor
+    col_count: torch.Tensor
+    retained_mean: torch.Tensor
+    retained_min: torch.Tensor
+    density: torch.Tensor
+    sampled_rows: torch.Tensor
+    scores: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def q_per_sel(self) -> int:
+        """Query heads that share one column set (1, or Hq // Hkv for KV-head granularity)."""
+        return self.nheads_q // self.nheads_kv if self.gqa_granularity == "kv_head" else 1
+
+    @property
+    def nheads_sel(self) -> int:
+        return self.nheads_q // self.q_per_sel
+
+    @property
+    def n_segments(self) -> int:
+        return self.col_count.shape[2]
+
+    @property
+    def n_selected(self) -> torch.Tensor:
+        """(B, Hsel) selected columns per selection head (summed over segments)."""
+        return self.col_count.sum(dim=2)
+
+    @property
+    def mean_density(self) -> float:
+        return float(self.density.mean().item())
+
+    def selected_columns(self, batch: int, head: int, segment: int = 0) -> torch.Tensor:
+        """The selected columns (int64, ascending) that query head ``head`` uses in a segment."""
+        sel = head // self.q_per_sel
+        count = int(self.col_count[batch, sel, segment].item())
+        return self.col_idx[batch, sel, segment, :count].to(torch.int64)
+
+    def to_dense(self) -> torch.Tensor:
+        """The mask as a dense bool tensor (B, Hq, Sq, Sk). For small inputs and tests only."""
+        device = self.col_idx.device
+        offset = self.seqlen_k - self.seqlen_q
+        pos = offset + torch.arange(self.seqlen_q, device=device).view(1, 1, -1, 1)
+        j = torch.arange(self.seqlen_k, device=device).view(1, 1, 1, -1)
+        w = self.window.to(device, torch.int64).view(1, -1, 1, 1)
+        in_window = (j <= pos) & (j > pos - w)
+        member = torch.zeros(self.batch, self.nheads_sel, self.n_segments, self.seqlen_k + 1,
+                             dtype=torch.bool, device=device)
+        member.scatter_(3, self.col_idx.to(torch.int64), True)
+        member = member[..., : self.seqlen_k]  # drop the padding sentinel
+        member = member.repeat_interleave(self.q_per_sel, dim=1)  # (B, Hq, n_seg, Sk)
+        segment = (torch.arange(self.seqlen_q, device=device) // self.segment_rows)
+        stripes = member[:, :, segment, :] & (j <= pos)
+        return in_window | stripes
+
+    def __repr__(self) -> str:
+        n_sel = self.n_selected.to(torch.float32)
+        return (
+            f"SparsePlan(batch={self.batch}, seqlen_q={self.seqlen_q}, seqlen_k={self.seqlen_k}, "
+            f"heads={self.nheads_q}/{self.nheads_kv}, granularity={self.gqa_granularity}, "
+            f"segments={self.n_segments}, window={_span(self.window)}, "
+            f"selected_columns={_span(n_sel)}, density={self.mean_density:.4f}, "
+            f"retained_mean={float(self.retained_mean.mean()):.4f}, "
+            f"retained_min={float(self.retained_min.min()):.4f})"
+        )
+
+
+def _span(values: torch.Tensor) -> str:
+    lo, hi = int(values.min().item()), int(values.max().item())
+    return str(lo) if lo == hi else f"{lo}..{hi}"
+
+
+def head_parameters(
+    config: SampleAttentionConfig, nheads_q: int, seqlen_k: int,
+    heads: Mapping[int, HeadOverride] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query-head alpha (Hq,) fp32 and window (Hq,) int32, with head overrides applied."""
+    alphas = [config.alpha] * nheads_q
+    ratios = [config.window_ratio] * nheads_q
+    for head, override in (heads or {}).items():
+        if not 0 <= head < nheads_q:
+            raise ValueError(f"a head override names head {head}, but the layer has {nheads_q} query heads")
+        if override.alpha is not None:
+            alphas[head] = override.alpha
+        if override.window_ratio is not None:
+            ratios[head] = override.window_ratio
+    windows = [config.model_copy(update={"window_ratio": r}).window_size(seqlen_k) for r in ratios]
+    return torch.tensor(alphas, dtype=torch.float32), torch.tensor(windows, dtype=torch.int32)
+
+
+def segment_rows_for(config: SampleAttentionConfig, seqlen_q: int) -> int:
+    """Rows per segment: the config's, or all rows (rounded up to a query block) for one set."""
+    if config.segment_rows is not None:
+        return config.segment_rows
+    return -(-seqlen_q // config.block_m) * config.block_m
+
+
+def selection_alpha(alpha: torch.Tensor, q_per_sel: int) -> torch.Tensor:
+    """(Hsel,) alpha per selection head: with KV-head granularity the group's highest."""
+    return alpha.view(-1, q_per_sel).max(dim=1).values
+
+
+def reach_per_segment(
+    window: torch.Tensor, rows: SampledRows, *, seqlen_q: int, seqlen_k: int, segment_rows: int,
+    q_per_sel: int,
+) -> torch.Tensor:
+    """(Hsel, n_seg) int64: the last column a row of the segment sees outside its window."""
+    n_seg = rows.seg_blocks.numel() - 1
+    seg = torch.arange(n_seg, dtype=torch.int64)
+    last_row = torch.clamp((seg + 1) * segment_rows, max=seqlen_q) - 1
+    last_pos = seqlen_k - seqlen_q + last_row
+    w_min = window.to(torch.int64).view(-1, q_per_sel).min(dim=1).values
+    return last_pos.view(1, -1) - w_min.view(-1, 1)
+
+
+def summarize_rows(
+    wmass: torch.Tensor, stripe: torch.Tensor, rows: SampledRows, window: torch.Tensor, *,
+    seqlen_q: int, seqlen_k: int, q_per_sel: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row statistics of the sampled rows into the selection's inputs and the reports.
+
+    Args:
+        wmass, stripe: (B, Hq, n_slots) fp32 window mass and selected-stripe mass per slot
+            (``stripe`` may be None before selection).
+    Returns:
+        window_sum (B, Hsel, n_seg), counted (B, Hsel, n_seg), retained_mean (B, Hq),
+        retained_min (B, Hq). A (row, head) pair counts when the row is real and ``p >= w``.
+    """
+    device = wmass.device
+    batch, nheads_q, n_slots = wmass.shape
+    slot_rows = rows.rows.to(device, torch.int64)
+    pos = seqlen_k - seqlen_q + slot_rows
+    w = window.to(device, torch.int64).view(1, -1, 1)
+    counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
+    slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
+    n_seg = rows.seg_blocks.numel() - 1
+    onehot = torch.nn.functional.one_hot(slot_seg, n_seg).to(torch.float32)  # (n_slots, n_seg)
+    weight = counted.to(torch.float32)
+    window_sum = torch.einsum("bhs,sg->bhg", wmass * weight, onehot)
+    n_counted = torch.einsum("bhs,sg->bhg", weight, onehot)
+    n_sel = nheads_q // q_per_sel
+    window_sum = window_sum.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
+    n_counted = n_counted.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
+    retained = (wmass + stripe).clamp(max=1.0)
+    any_counted = counted.any(dim=-1)
+    mean = torch.where(counted, retained, 0.0).sum(-1) / counted.sum(-1).clamp(min=1)
+    low = torch.where(counted, retained, torch.ones_like(retained)).min(dim=-1).values
+    one = torch.ones_like(mean)
+    return window_sum, n_counted, torch.where(any_counted, mean, one), torch.where(any_counted, low, one)
+
+
+def plan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: SampleAttentionConfig,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    heads: Mapping[int, HeadOverride] | None = None,
+    keep_scores: bool = False,
+) -> SparsePlan:
+    """Stages 1 and 2 with the Triton kernels: sample rows, score columns, select to reach alpha.
+
+    Args:
+        q: (B, Sq, Hq, D); k: (B, Sk, Hkv, D); Sq <= Sk, bottom-right causal alignment.
+        config: hyperparameters; ``heads`` optionally overrides alpha/window_ratio per query head.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        keep_scores: keep the (B, Hsel, n_seg, Sk) column scores in the plan.
+    Returns:
+        The `SparsePlan`.
+    """
+    check_qk(q, k, causal=causal)
+    kernel_backend_available(q)
+    from sampleattn.kernels import column_scores, sampled_row_stats, stripe_mass
+
+    batch, seqlen_q, nheads_q, _ = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    scale = default_scale(q, scale)
+    q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
+    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
+    window_dev = window.to(q.device)
+    segment_rows = segment_rows_for(config, seqlen_q)
+    rows = choose_sampled_rows(
+        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
+        block=config.sample_block, segment_rows=segment_rows, device=q.device,
+    )
+    # Stage 1: exact statistics of the sampled rows, then column scores.
+    lse2, wmass = sampled_row_stats(q, k, rows.rows, window_dev, scale=scale, block_s=rows.block)
+    scores = column_scores(q, k, rows.rows, window_dev, lse2, rows.seg_blocks, q_per_sel=q_per_sel,
+                           scale=scale, block_s=rows.block)
+    zero = torch.zeros_like(wmass)
+    window_sum, n_counted, _, _ = summarize_rows(wmass, zero, rows, window, seqlen_q=seqlen_q,
+                                                 seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+    # Stage 2: shortest prefix of columns by score that reaches alpha.
+    reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                              segment_rows=segment_rows, q_per_sel=q_per_sel)
+    col_idx, col_count = select_columns(scores, window_sum, n_counted,
+                                        selection_alpha(alpha, q_per_sel), reach=reach)
+    # Report: retained mass per sampled row (window part + selected stripes), density.
+    stripe = stripe_mass(q, k, rows.rows, window_dev, lse2, rows.block_seg, col_idx, col_count,
+                         q_per_sel=q_per_sel, scale=scale, block_s=rows.block)
+    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, rows, window, seqlen_q=seqlen_q,
+                                                       seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+    density = density_per_head(col_idx, col_count, window_dev, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                               segment_rows=segment_rows, q_per_sel=q_per_sel)
+    return SparsePlan(
+        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
+        gqa_granularity=config.gqa_granularity, segment_rows=segment_rows, scale=scale,
+        window=window_dev, col_idx=col_idx, col_count=col_count, retained_mean=retained_mean,
+        retained_min=retained_min, density=density, sampled_rows=rows.valid_rows,
+        scores=scores if keep_scores else None,
+    )

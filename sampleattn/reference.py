@@ -1,0 +1,183 @@
+"""Plain-PyTorch oracles, with the signatures of the kernel path, for small inputs.
+
+* `attention_ref`: exact dense attention (fp32 accumulation by default), bottom-right causal,
+  GQA, an optional boolean mask; a row with no visible key gives 0 (and lse -inf).
+* `plan_ref`: stages 1-2 computed from dense softmax rows of the sampled rows.
+* `sparse_attention_ref`: dense attention under ``plan.to_dense()``.
+* `sample_attention_ref`: both.
+
+They materialise (B, Hq, Sq, Sk) tensors: use them for tests, calibration subsets and checks,
+never for long sequences. Tests, the benchmark and the tuner all use these same oracles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from .config import HeadOverride, SampleAttentionConfig
+from .planning import (
+    SparsePlan, head_parameters, reach_per_segment, segment_rows_for, selection_alpha,
+    summarize_rows,
+)
+from .sampling import choose_sampled_rows
+from .selection import density_per_head, select_columns
+from .validation import check_qk, check_qkv, default_scale
+
+__all__ = ["attention_ref", "causal_mask", "plan_ref", "sample_attention_ref", "sparse_attention_ref"]
+
+
+def causal_mask(seqlen_q: int, seqlen_k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(Sq, Sk) bool, bottom-right aligned: row i sees key j iff ``j <= seqlen_k - seqlen_q + i``."""
+    i = torch.arange(seqlen_q, device=device).view(-1, 1)
+    j = torch.arange(seqlen_k, device=device).view(1, -1)
+    return j <= i + (seqlen_k - seqlen_q)
+
+
+def _expand_kv(t: torch.Tensor, nheads_q: int) -> torch.Tensor:
+    """(B, Sk, Hkv, D) -> (B, Hq, Sk, D): query head h reads KV head h // (Hq / Hkv)."""
+    return t.transpose(1, 2).repeat_interleave(nheads_q // t.shape[2], dim=1)
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    mask: torch.Tensor | None = None,
+    return_lse: bool = False,
+    upcast: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention.
+
+    Args:
+        q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D).
+        mask: optional bool, broadcastable to (B, Hq, Sq, Sk): True where a pair is kept
+            (combined with the causal mask).
+        upcast: compute in fp32 (fp64 stays fp64); False computes in the input dtype, the
+            "same computation in PyTorch at the same dtype" baseline of the tests.
+    Returns:
+        out (B, Sq, Hq, D) in q's dtype; with ``return_lse`` also lse (B, Hq, Sq) fp32.
+    """
+    nheads_q = q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    dtype = torch.float64 if q.dtype == torch.float64 else (torch.float32 if upcast else q.dtype)
+    qh = q.transpose(1, 2).to(dtype)
+    kh = _expand_kv(k, nheads_q).to(dtype)
+    vh = _expand_kv(v, nheads_q).to(dtype)
+    s = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device)
+    if causal:
+        keep = causal_mask(q.shape[1], k.shape[1], q.device)
+    keep = keep.expand_as(s)
+    if mask is not None:
+        keep = keep & mask.to(q.device)
+    s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s.float(), dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no key: 0, not NaN
+    out = torch.matmul(p, vh).transpose(1, 2).to(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def plan_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: SampleAttentionConfig,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    heads: Mapping[int, HeadOverride] | None = None,
+    keep_scores: bool = False,
+) -> SparsePlan:
+    """Stages 1-2 in plain PyTorch: same sampled rows and rule as `sampleattn.planning.plan`."""
+    check_qk(q, k, causal=causal)
+    batch, seqlen_q, nheads_q, _ = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    scale = default_scale(q, scale)
+    q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
+    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
+    segment_rows = segment_rows_for(config, seqlen_q)
+    rows = choose_sampled_rows(
+        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
+        block=config.sample_block, segment_rows=segment_rows, device=q.device,
+    )
+    slot_rows = rows.rows.to(torch.int64)
+    real = slot_rows >= 0
+    safe_rows = slot_rows.clamp(min=0)
+    # Dense softmax of the sampled rows: (B, Hq, n_slots, Sk).
+    qs = q[:, safe_rows].transpose(1, 2).float()
+    ks = _expand_kv(k, nheads_q).float()
+    s = torch.matmul(qs, ks.transpose(-1, -2)) * scale
+    pos = (seqlen_k - seqlen_q + slot_rows).view(1, 1, -1, 1)
+    j = torch.arange(seqlen_k, device=q.device).view(1, 1, 1, -1)
+    visible = (j <= pos) & real.view(1, 1, -1, 1)
+    s = s.masked_fill(~visible, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    w = window.to(q.device, torch.int64).view(1, -1, 1, 1)
+    outside = (j <= pos - w) & visible
+    wmass = torch.where(visible & ~outside, p, 0.0).sum(-1)
+    wmass = torch.where(visible.any(-1), wmass, torch.ones_like(wmass))
+    p_out = torch.where(outside, p, 0.0)  # (B, Hq, n_slots, Sk)
+    # Column scores per selection head and segment.
+    slot_seg = rows.block_seg.to(q.device, torch.int64).repeat_interleave(rows.block)
+    n_seg = rows.seg_blocks.numel() - 1
+    onehot = torch.nn.functional.one_hot(slot_seg, n_seg).to(torch.float32)
+    scores = torch.einsum("bhsk,sg->bhgk", p_out, onehot)
+    scores = scores.view(batch, nheads_q // q_per_sel, q_per_sel, n_seg, seqlen_k).sum(dim=2)
+    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), rows, window,
+                                                 seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                                                 q_per_sel=q_per_sel)
+    reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                              segment_rows=segment_rows, q_per_sel=q_per_sel)
+    col_idx, col_count = select_columns(scores, window_sum, n_counted,
+                                        selection_alpha(alpha, q_per_sel), reach=reach)
+    # Stripe mass of each sampled row: its outside-window mass on its segment's selection.
+    member = torch.zeros(batch, nheads_q // q_per_sel, n_seg, seqlen_k + 1, dtype=torch.bool,
+                         device=q.device)
+    member.scatter_(3, col_idx.to(torch.int64), True)
+    member = member[..., :seqlen_k].repeat_interleave(q_per_sel, dim=1)[:, :, slot_seg, :]
+    stripe = torch.where(member, p_out, 0.0).sum(-1)
+    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, rows, window, seqlen_q=seqlen_q,
+                                                       seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+    window_dev = window.to(q.device)
+    density = density_per_head(col_idx, col_count, window_dev, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                               segment_rows=segment_rows, q_per_sel=q_per_sel)
+    return SparsePlan(
+        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
+        gqa_granularity=config.gqa_granularity, segment_rows=segment_rows, scale=scale,
+        window=window_dev, col_idx=col_idx, col_count=col_count, retained_mean=retained_mean,
+        retained_min=retained_min, density=density, sampled_rows=rows.valid_rows,
+        scores=scores if keep_scores else None,
+    )
+
+
+def sparse_attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SparsePlan, *,
+    return_lse: bool = False, upcast: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention under the plan's mask expanded to (B, Hq, Sq, Sk)."""
+    check_qkv(q, k, v)
+    return attention_ref(q, k, v, scale=plan.scale, mask=plan.to_dense(), return_lse=return_lse,
+                         upcast=upcast)
+
+
+def sample_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: SampleAttentionConfig,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    return_plan: bool = False,
+    heads: Mapping[int, HeadOverride] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, SparsePlan]:
+    """SampleAttention in plain PyTorch: `plan_ref` then `sparse_attention_ref`."""
+    check_qkv(q, k, v, causal=causal)
+    sparse_plan = plan_ref(q, k, config, causal=causal, scale=scale, heads=heads)
+    out = sparse_attention_ref(q, k, v, sparse_plan)
+    return (out, sparse_plan) if return_plan else out

@@ -1,0 +1,149 @@
+"""Public API: validation messages, dense fallback, backends, the operator object, the docs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import sampleattn
+from sampleattn import (
+    HeadOverride, LayerOverride, ModelAttentionProfile, SampleAttention, SampleAttentionConfig,
+    dense_attention, parse_length, sample_attention,
+)
+from sampleattn.operator import Geometry
+from sampleattn.reference import attention_ref, sample_attention_ref
+
+from kernel_helpers import DEVICE, qkv, rel_err
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda q, k, v: (q[0], k, v), "expected 4"),
+        (lambda q, k, v: (q, k[:, :, :1].expand(-1, -1, 3, -1)[:, :, :3], v), "not a multiple"),
+        (lambda q, k, v: (q, k, v[:, :10]), "v has shape"),
+        (lambda q, k, v: (q.half(), k, v), "cast them to one dtype"),
+        (lambda q, k, v: (q[:, :0], k, v), "empty input"),
+        (lambda q, k, v: (torch.cat([q, q], 1), k, v), "seqlen_q=64 > seqlen_k=32"),
+        (lambda q, k, v: (q[..., :48].contiguous(), k[..., :48].contiguous(), v[..., :48].contiguous()),
+         "head dim 48 is not supported"),
+        (lambda q, k, v: (q, k.to("meta"), v.to("meta")), "move them to one device"),
+        (lambda q, k, v: (q.int(), k.int(), v.int()), "not supported; use float16"),
+        (lambda q, k, v: (q, k[:1].expand(2, -1, -1, -1).contiguous(), v), "batch"),
+    ],
+    ids=["rank", "gqa", "v-shape", "dtype-mix", "empty", "sq>sk", "headdim", "device-mix", "int", "batch"],
+)
+def test_bad_input_says_what_to_fix(make, message):
+    q, k, v = qkv(1, 32, 32, 4, 2, 64, torch.float32)
+    with pytest.raises(ValueError, match=re.escape(message) if "=" in message else message):
+        sample_attention(*make(q, k, v), SampleAttentionConfig(dense_below=0))
+
+
+def test_non_causal_is_refused_with_a_reason():
+    q, k, v = qkv(1, 32, 32, 2, 2, 64, torch.float32)
+    with pytest.raises(ValueError, match="causal=False is not supported"):
+        sample_attention(q, k, v, SampleAttentionConfig(dense_below=0), causal=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"alpha": 0}, "alpha"), ({"alpha": 1.5}, "alpha"), ({"window_ratio": -0.1}, "window_ratio"),
+     ({"sample_ratio": 0}, "sample_ratio"), ({"block_m": 48}, "power of two"),
+     ({"segment_rows": 100}, "multiple of block_m"), ({"gqa_granularity": "group"}, "gqa_granularity"),
+     ({"dense_below": -1}, "dense_below"), ({"alhpa": 0.9}, "alhpa")],
+)
+def test_config_out_of_range_is_refused(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        SampleAttentionConfig(**kwargs)
+    assert issubclass(ValidationError, ValueError)
+
+
+def test_config_is_frozen_and_rounds_window_up():
+    config = SampleAttentionConfig(window_ratio=0.08)
+    with pytest.raises(ValidationError):
+        config.alpha = 0.5
+    assert config.window_size(100) == 8 and config.window_size(101) == 9
+    assert config.sampled_rows(1000) == 50
+
+
+@pytest.mark.parametrize("text, tokens", [("32k", 32768), ("96K", 98304), ("1m", 1048576),
+                                          ("32768", 32768), ("0.5k", 512), (4096, 4096)])
+def test_one_length_parser(text, tokens):
+    assert parse_length(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1", "0", "1.3k", "32kb"])
+def test_bad_lengths_are_refused(text):
+    with pytest.raises(ValueError, match="length|whole"):
+        parse_length(text)
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(40, 40), (17, 90)])
+def test_dense_fallback_below_threshold(seqlen_q, seqlen_k):
+    q, k, v = qkv(1, seqlen_q, seqlen_k, 4, 2, 64, torch.float32)
+    config = SampleAttentionConfig(alpha=0.5, window_ratio=0.01, dense_below=1000)
+    out, p = sample_attention(q, k, v, config, return_plan=True)
+    assert p is None
+    assert rel_err(out, attention_ref(q, k, v)) < 1e-5
+    out2, lse = sample_attention(q, k, v, config, return_lse=True)
+    _, lse_ref = attention_ref(q, k, v, return_lse=True)
+    assert rel_err(out2, attention_ref(q, k, v)) < 1e-5
+    assert torch.allclose(lse, lse_ref, atol=1e-4)
+    assert rel_err(dense_attention(q, k, v), attention_ref(q, k, v)) < 1e-5
+
+
+def test_torch_backend_equals_triton_backend():
+    q, k, v = qkv(2, 100, 130, 4, 2, 64, torch.float32, seed=3)
+    config = SampleAttentionConfig(alpha=0.9, window_ratio=0.1, sample_ratio=0.2, dense_below=0)
+    a = sample_attention(q, k, v, config, backend="triton")
+    b = sample_attention(q, k, v, config, backend="torch")
+    c = sample_attention_ref(q, k, v, config)
+    assert rel_err(a, b) < 1e-4 and rel_err(b, c) < 1e-6
+
+
+def test_operator_applies_layer_and_head_overrides():
+    q, k, v = qkv(1, 128, 128, 4, 2, 64, torch.float32, seed=4)
+    profile = ModelAttentionProfile(
+        config=SampleAttentionConfig(alpha=0.8, window_ratio=0.05, dense_below=0),
+        layers={1: LayerOverride(alpha=1.0, heads={2: HeadOverride(window_ratio=0.5)})},
+    )
+    attn = SampleAttention(profile, geometry=Geometry(num_layers=2, nheads_q=4, nheads_kv=2, head_dim=64))
+    _, p0 = attn(q, k, v, layer=0, return_plan=True)
+    _, p1 = attn(q, k, v, layer=1, return_plan=True)
+    assert p0.window.tolist() == [7, 7, 7, 7]
+    assert p1.window.tolist() == [7, 7, 64, 7]
+    assert p1.mean_density == pytest.approx(1.0) and p0.mean_density < 1.0
+    with pytest.raises(ValueError, match="out of range"):
+        attn(q, k, v, layer=2)
+    with pytest.raises(ValueError, match="set up for"):
+        attn(q[:, :, :2], k[:, :, :1], v[:, :, :1], layer=0)
+    with pytest.raises(ValueError, match="model has 1 layers"):
+        SampleAttention(profile, geometry=Geometry(num_layers=1, nheads_q=4, nheads_kv=2, head_dim=64))
+    with pytest.raises(ValueError, match="names head 9"):
+        sample_attention(q, k, v, SampleAttentionConfig(dense_below=0), heads={9: HeadOverride(alpha=0.5)})
+
+
+def test_import_stays_light():
+    code = ("import sys, sampleattn, sampleattn.config, sampleattn.store, sampleattn.tuner; "
+            "heavy = [m for m in ('ray', 'optuna', 'sqlalchemy', 'transformers', 'triton') if m in sys.modules]; "
+            "print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+    assert "plan" in dir(sampleattn) and sampleattn.__version__
+
+
+def test_docs_example_runs():
+    text = (ROOT / "docs" / "operator.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/operator.md has no python example"
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/operator.md", "exec"), namespace)
+    assert 0 < namespace["p"].mean_density < 1

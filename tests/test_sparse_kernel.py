@@ -1,0 +1,153 @@
+"""Stage 3 (the sparse attention kernel) against dense attention under the plan's mask.
+
+Plans here are made by hand (random windows and columns, columns inside windows included),
+so the kernel is tested apart from the selection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from sampleattn import sparse_attention
+from sampleattn.reference import attention_ref, causal_mask
+
+from kernel_helpers import DEVICE, assert_close_to_golden, hand_plan, qkv, rel_err
+
+# (seqlen_q, seqlen_k): lengths around the block size (64), odd ones, and chunked prefill.
+LENGTHS = [(1, 1), (1, 97), (63, 63), (64, 64), (65, 65), (97, 97), (97, 256), (256, 256), (200, 1025)]
+# (nheads_q, nheads_kv): GQA ratios 1, 3, 4 and MQA.
+HEADS = [(2, 2), (3, 1), (8, 2), (4, 1)]
+DTYPES = [torch.float16, torch.float32]
+
+
+def random_columns(rng, seqlen_k, count):
+    return rng.sample(range(seqlen_k), min(count, seqlen_k))
+
+
+def make_case(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, head_dim, dtype, *, q_per_sel=1,
+              segment_rows=None, block_m=64, seed=0):
+    rng = random.Random(seed)
+    q, k, v = qkv(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, head_dim, dtype, seed=seed)
+    windows = [rng.randint(1, max(1, seqlen_k // 4)) for _ in range(nheads_q)]
+    n_sel = nheads_q // q_per_sel
+    segment_rows = segment_rows or -(-seqlen_q // block_m) * block_m
+    n_seg = -(-seqlen_q // segment_rows)
+    columns = [[[random_columns(rng, seqlen_k, rng.randint(0, max(1, seqlen_k // 3)))
+                 for _ in range(n_seg)] for _ in range(n_sel)] for _ in range(batch)]
+    plan = hand_plan(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, windows=windows, columns=columns,
+                     q_per_sel=q_per_sel, segment_rows=segment_rows, block_m=block_m,
+                     scale=1 / math.sqrt(head_dim))
+    return q, k, v, plan
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("seqlen_q,seqlen_k", LENGTHS)
+def test_kernel_matches_masked_dense(seqlen_q, seqlen_k, dtype):
+    index = LENGTHS.index((seqlen_q, seqlen_k))
+    nheads_q, nheads_kv = HEADS[index % len(HEADS)]
+    head_dim = (64, 128)[index % 2]
+    batch = 2 if index % 3 == 0 else 1
+    q, k, v, plan = make_case(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, head_dim, dtype, seed=index)
+    out, lse = sparse_attention(q, k, v, plan, return_lse=True)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    mask = plan.to_dense()
+    assert_close_to_golden(out, q, k, v, mask, plan.scale)
+    _, lse_ref = attention_ref(q.float(), k.float(), v.float(), scale=plan.scale, mask=mask, return_lse=True)
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse[finite], lse_ref[finite], atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("head_dim", [96, 256])
+def test_kernel_odd_and_large_head_dims(head_dim):
+    q, k, v, plan = make_case(1, 70, 90, 4, 2, head_dim, torch.float16, seed=7)
+    out = sparse_attention(q, k, v, plan)
+    assert_close_to_golden(out, q, k, v, plan.to_dense(), plan.scale)
+
+
+@pytest.mark.parametrize("q_per_sel", [1, 4])
+def test_kernel_segments_and_kv_head_sets(q_per_sel):
+    """One column set per segment of 64 rows, shared by a KV group or per query head."""
+    q, k, v, plan = make_case(2, 150, 180, 4, 1, 64, torch.float32, q_per_sel=q_per_sel,
+                              segment_rows=64, seed=3)
+    assert plan.n_segments == 3
+    out = sparse_attention(q, k, v, plan)
+    assert_close_to_golden(out, q, k, v, plan.to_dense(), plan.scale)
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(97, 97), (33, 200)])
+def test_full_window_is_exact_attention(seqlen_q, seqlen_k):
+    """Window = seqlen_k and no column: exact attention, checked against an independently built
+    bottom-right causal mask (not the kernel's or the plan's mask code)."""
+    q, k, v = qkv(1, seqlen_q, seqlen_k, 4, 2, 64, torch.float32, seed=11)
+    plan = hand_plan(1, seqlen_q, seqlen_k, 4, 2, windows=[seqlen_k] * 4, columns=[[[[]] for _ in range(4)]],
+                     scale=0.125)
+    out = sparse_attention(q, k, v, plan)
+    expected = attention_ref(q, k, v, scale=0.125)
+    assert rel_err(out, expected) < 1e-5
+    # The independent mask, written out: row i sees j <= i + (Sk - Sq).
+    i = torch.arange(seqlen_q).view(-1, 1)
+    j = torch.arange(seqlen_k).view(1, -1)
+    assert torch.equal(causal_mask(seqlen_q, seqlen_k), j <= i + seqlen_k - seqlen_q)
+    assert torch.equal(plan.to_dense()[0, 0].cpu(), j <= i + seqlen_k - seqlen_q)
+
+
+def test_rows_with_no_key_give_zero_not_nan():
+    """Window 0 and no column for some rows: those rows output 0 and lse -inf, never NaN,
+    even when a later tile (a column) holds keys for other rows."""
+    seqlen = 130
+    q, k, v = qkv(1, seqlen, seqlen, 2, 1, 64, torch.float32, seed=5)
+    # Column 100 is visible outside the (empty) window only for rows >= 100.
+    plan = hand_plan(1, seqlen, seqlen, 2, 1, windows=[0, 0], columns=[[[[100]], [[100]]]], scale=0.125)
+    out, lse = sparse_attention(q, k, v, plan, return_lse=True)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.all(out[0, :100] == 0)
+    assert torch.all(torch.isinf(lse[0, :, :100]))
+    # Rows >= 100 attend to key 100 alone: their output is exactly v[100].
+    assert torch.allclose(out[0, 100:, 0], v[0, 100, 0].expand(seqlen - 100, -1), atol=1e-6)
+
+
+def test_column_inside_window_counted_once():
+    """The same mask two ways (a column also inside the window, or not selected): equal outputs."""
+    q, k, v = qkv(1, 128, 128, 2, 2, 64, torch.float32, seed=9)
+    inside = hand_plan(1, 128, 128, 2, 2, windows=[20, 20], columns=[[[[3, 120, 125]], [[3, 121]]]], scale=0.125)
+    outside = hand_plan(1, 128, 128, 2, 2, windows=[20, 20], columns=[[[[3]], [[3]]]], scale=0.125)
+    # Columns 120, 121, 125 lie in the window of every row that can see them.
+    assert torch.equal(inside.to_dense(), outside.to_dense())
+    a = sparse_attention(q, k, v, inside)
+    b = sparse_attention(q, k, v, outside)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("nheads_q,nheads_kv", [(4, 4), (4, 1), (7, 1), (14, 2), (8, 2)])
+def test_gqa_mapping_and_per_head_windows(nheads_q, nheads_kv):
+    """Query head h reads KV head h // (Hq / Hkv); each head's own window lands on that head."""
+    q, k, v = qkv(1, 80, 80, nheads_q, nheads_kv, 64, torch.float32, seed=nheads_q)
+    windows = [3 + 5 * h for h in range(nheads_q)]
+    plan = hand_plan(1, 80, 80, nheads_q, nheads_kv, windows=windows,
+                     columns=[[[[0, 1, h]] for h in range(nheads_q)]], scale=0.125)
+    out = sparse_attention(q, k, v, plan)
+    for h in range(nheads_q):
+        kv = h // (nheads_q // nheads_kv)
+        mask = plan.to_dense()[0, h]
+        expected = attention_ref(q[:, :, h:h + 1], k[:, :, kv:kv + 1], v[:, :, kv:kv + 1], scale=0.125,
+                                 mask=mask)
+        assert rel_err(out[:, :, h:h + 1], expected) < 1e-5, f"head {h}"
+        assert int(mask[-1].sum()) == windows[h] + len({0, 1, h} - set(range(80 - windows[h], 80)))
+
+
+def test_grid_limit_is_explicit():
+    """batch * heads beyond the CUDA grid's y limit is refused with a message, never skipped."""
+    from sampleattn.kernels import MAX_GRID_Y, sparse_attention_fwd
+
+    heads = MAX_GRID_Y + 1
+    q = torch.randn(1, 1, heads, 64, device=DEVICE, dtype=torch.float16)
+    k = torch.randn(1, 1, 1, 64, device=DEVICE, dtype=torch.float16)
+    col_idx = torch.ones(1, heads, 1, 1, dtype=torch.int32, device=DEVICE)
+    window = torch.ones(heads, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="grid limit"):
+        sparse_attention_fwd(q, k, k, col_idx, window, segment_rows=64, q_per_sel=1, scale=0.1)
