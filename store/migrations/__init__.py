@@ -1,1 +1,1 @@
-"""placeholder package; see the issue that builds it."""
+"""Alembic environment and revisions of the profile store (run by `sampleattn.store.migrate`)."""

@@ -1,1 +1,1 @@
-"""placeholder package; see the issue that builds it."""
+"""Alembic revisions of the profile store, oldest first: 0001, 0002..."""
