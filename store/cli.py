@@ -168,7 +168,8 @@ def _profile_details(profile: Any, requested: int | None, choice: Any) -> str:
     lines.append(_pairs(list(profile.config.config.model_dump().items())))
     overrides = []
     for layer, override in sorted(profile.config.layers.items()):
-        overrides.append((layer, "*", override.alpha, override.window_ratio, override.sample_ratio))
+        if (override.alpha, override.window_ratio, override.sample_ratio) != (None, None, None):
+            overrides.append((layer, "*", override.alpha, override.window_ratio, override.sample_ratio))
         for head, head_override in sorted(override.heads.items()):
             overrides.append((layer, head, head_override.alpha, head_override.window_ratio, None))
     if overrides:
