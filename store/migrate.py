@@ -51,12 +51,23 @@ def _run(engine: Any, action: str, revision: str) -> None:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             connection.commit()
         try:
+            # One transaction for the whole migration, begun here so that Alembic joins it
+            # instead of committing on its own: a reader sees the schema before or after, never
+            # half-way, and a failure leaves the database as it was. (SQLite has transactional
+            # DDL, but its Python driver would run each DDL statement on its own: BEGIN it.)
+            if sqlite:
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.begin()
             getattr(command, action)(alembic_config(connection), revision)
-            connection.commit()
             if sqlite:
                 problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if problems:
-                    raise RuntimeError(f"migration left dangling foreign keys: {problems[:5]}")
+                    raise RuntimeError(f"migration would leave dangling foreign keys: {problems[:5]}")
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
         finally:
             if sqlite:
                 connection.rollback()

@@ -11,7 +11,8 @@ One writer, many readers:
   ``sattn-store upgrade``); any write method raises `ReadOnlyStoreError`.
 
 On SQLite the store uses WAL (readers do not block the writer, nor the writer the readers), a
-busy timeout (30 s by default) and foreign keys; readers' connections are ``query_only``.
+busy timeout (30 s by default) and foreign keys; readers' connections are ``query_only``
+(on PostgreSQL, read-only sessions), so a reader cannot write even through the engine.
 Any other SQLAlchemy URL works the same (PostgreSQL is tested). On open, the schema revision
 is checked: a revision this package does not know (a newer sampleattn wrote it) raises
 `SchemaTooNewError`; a file that is not a SQLite database, or a damaged one, raises
@@ -241,6 +242,15 @@ class ProfileStore:
                 if readonly:
                     cursor.execute("PRAGMA query_only=ON")
                 cursor.close()
+
+        elif self.readonly and url.get_backend_name() == "postgresql":
+
+            @event.listens_for(engine, "connect")
+            def _postgres_read_only(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                cursor.close()
+                dbapi_connection.commit()
 
         return engine
 

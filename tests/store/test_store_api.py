@@ -406,6 +406,18 @@ def test_reader_never_writes(store, store_url):
                 write()
 
 
+def test_reader_connections_cannot_write(store, store_url):
+    """Readers are read-only at the database level too (query_only / read-only sessions)."""
+    from sqlalchemy import text
+
+    add_model(store)
+    with ProfileStore(store_url, readonly=True) as reader:
+        with pytest.raises(Exception, match="(?i)read.only|readonly"):
+            with reader._engine.begin() as connection:
+                connection.execute(text("DELETE FROM sattn_models"))
+    assert [m.name for m in store.list_models()] == ["llama-toy"]
+
+
 def test_reader_on_an_empty_database(store_url, backend, tmp_path):
     with pytest.raises(StoreNotFoundError, match="sattn-tune"):
         ProfileStore(store_url, readonly=True)

@@ -135,6 +135,28 @@ def test_downgrade_and_upgrade_keep_the_data(store, store_url):
     assert after == before
 
 
+def test_a_failed_migration_leaves_nothing_behind(store_url, monkeypatch):
+    """Migrations run in one transaction: a reader never sees a half-made schema."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    real_upgrade = command.upgrade
+
+    def fail_after_first_revision(config, revision):
+        real_upgrade(config, "0001")
+        raise RuntimeError("simulated failure in revision 0002")
+
+    monkeypatch.setattr(command, "upgrade", fail_after_first_revision)
+    with pytest.raises(RuntimeError, match="simulated"):
+        ProfileStore(store_url)
+    engine = create_engine(store_url)
+    assert [t for t in inspect(engine).get_table_names() if t.startswith("sattn_")] == []
+    engine.dispose()
+    monkeypatch.setattr(command, "upgrade", real_upgrade)
+    with ProfileStore(store_url) as store:
+        assert store.schema_revision == HEAD_REVISION
+
+
 def _set_revision(url: str, revision: str) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
