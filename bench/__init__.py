@@ -1,1 +1,1 @@
-"""placeholder package; see the issue that builds it."""
+"""Benchmarks and GPU checks of the operator (`python -m sampleattn.bench.gpu_check`)."""

@@ -27,7 +27,7 @@ def sampled_row_stats_kernel(
     stride_kb, stride_kn, stride_kh,
     stride_lb, stride_lh,
     nheads_q, seqlen_q, seqlen_k, qk_scale, q_per_kv,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (n_row_blocks, B * Hq). Writes LSE2 and WMASS, both (B, Hq, n_rows_padded) fp32."""
     pid_r = tl.program_id(0)
@@ -58,7 +58,7 @@ def sampled_row_stats_kernel(
         n_mask = offs_n < seqlen_k
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         visible = r_mask[:, None] & n_mask[None, :] & (offs_n[None, :] <= pos[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -87,7 +87,7 @@ def column_scores_kernel(
     stride_lb, stride_lh,
     stride_sb, stride_sh, stride_ss,
     nheads_sel, seqlen_q, seqlen_k, qk_scale, q_per_kv, q_per_sel,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (cdiv(Sk, BLOCK_N), B * Hsel, n_seg). Writes SCORES (B, Hsel, n_seg, Sk) fp32.
 
@@ -125,7 +125,7 @@ def column_scores_kernel(
             q = tl.load(q_base + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
                         mask=r_mask[:, None] & d_mask[None, :], other=0.0)
             lse2 = tl.load(LSE2 + b * stride_lb + h64 * stride_lh + slots)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             # Only mass outside the row's window counts: j <= p - w (this is also causal).
             keep = r_mask[:, None] & n_mask[None, :] & (offs_n[None, :] <= pos[:, None] - w)
             p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
@@ -143,7 +143,7 @@ def stripe_mass_kernel(
     stride_cb, stride_ch, stride_cs,
     stride_nb, stride_nh,
     nheads_q, seqlen_q, seqlen_k, qk_scale, q_per_kv, q_per_sel,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (n_row_blocks, B * Hq). Writes STRIPE (B, Hq, n_rows_padded) fp32: per sampled row,
     the softmax mass of the selected columns left of its window. BLOCK_SEG (n_row_blocks,)
@@ -178,7 +178,7 @@ def stripe_mass_kernel(
         cols = tl.load(col_base + offs_c, mask=c_mask, other=0)
         k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         keep = r_mask[:, None] & c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         mass += tl.sum(tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0), 1)
     tl.store(STRIPE + b * stride_lb + h64 * stride_lh + slots, mass)

@@ -21,7 +21,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, s, v):
+def _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr):
     """Fold one tile of log2-domain scores ``s`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
 
     Masked entries of ``s`` are -inf. A row whose running max is still -inf (nothing visible
@@ -32,7 +32,7 @@ def _online_softmax_step(acc, m_i, l_i, s, v):
     rescale = tl.exp2(m_i - m_ref)
     p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * rescale + tl.sum(p, 1)
-    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -40,7 +40,7 @@ def _online_softmax_step(acc, m_i, l_i, s, v):
 def _band_tiles(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w, seqlen_k, start, end,
     offs_d, d_mask, qk_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Attend to the key tiles [start, end) of the window band; ``start`` is tile-aligned."""
     for n0 in range(start, end, BLOCK_N):
@@ -56,12 +56,12 @@ def _band_tiles(
                         mask=d_mask[None, :], other=0.0)
             v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
                         mask=d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
             keep = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - w)
             keep = keep & n_mask[None, :]
             s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -77,7 +77,7 @@ def sparse_attention_fwd_kernel(
     stride_eb, stride_eh,
     nheads_q, seqlen_q, seqlen_k, qk_scale,
     q_per_kv, q_per_sel, segment_rows,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head).
@@ -128,10 +128,10 @@ def sparse_attention_fwd_kernel(
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :],
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
 
     # (b) the window band [first_pos - w + 1, last_pos], masked at its edges only.
     first_pos = offset + row0
@@ -147,16 +147,16 @@ def sparse_attention_fwd_kernel(
     left_end = tl.minimum(inner_lo, band_hi)
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, tile_lo, left_end, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=True)
+                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, inner_lo, inner_hi, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=False)
+                                BLOCK_N=BLOCK_N, MASKED=False, DOT_PRECISION=DOT_PRECISION)
     right_lo = tl.maximum(inner_hi, left_end)
     right_lo = tl.maximum(right_lo, tile_lo)
     # right_lo is tile-aligned unless left_end clipped at band_hi, in which case the loop is empty.
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, right_lo, band_hi, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=True)
+                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
 
     # A row that kept no key (an empty window and no column) outputs 0, never NaN.
     has_keys = l_i > 0.0

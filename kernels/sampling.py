@@ -17,6 +17,12 @@ from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, strip
 __all__ = ["column_scores", "sampled_row_stats", "stripe_mass"]
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 products ("ieee"); Triton's default for them is tf32, whose
+    error (about 1e-3) would hide the kernel's own. fp16/bf16 use the tensor cores as they are."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
@@ -52,7 +58,7 @@ def sampled_row_stats(
         k.stride(0), k.stride(1), k.stride(2),
         lse2.stride(0), lse2.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_S=block_s, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
         num_warps=_warps(head_dim),
     )
     return lse2, wmass
@@ -94,7 +100,7 @@ def column_scores(
         lse2.stride(0), lse2.stride(1),
         scores.stride(0), scores.stride(1), scores.stride(2),
         nheads_sel, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_S=block_s, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
         num_warps=_warps(head_dim),
     )
     return scores
@@ -127,7 +133,7 @@ def stripe_mass(
         col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
         col_count.stride(0), col_count.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), BLOCK_S=block_s, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
         num_warps=_warps(head_dim),
     )
     return out

@@ -13,6 +13,7 @@ import torch
 import triton
 
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
+from .sampling import dot_precision
 
 __all__ = ["MAX_GRID_Y", "columns_left_of_window", "sparse_attention_fwd"]
 
@@ -111,7 +112,7 @@ def sparse_attention_fwd(
         col_end.stride(0), col_end.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, segment_rows,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
     )
     return out, (lse if return_lse else None)

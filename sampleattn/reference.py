@@ -26,7 +26,10 @@ from .sampling import choose_sampled_rows
 from .selection import density_per_head, select_columns
 from .validation import check_qk, check_qkv, default_scale
 
-__all__ = ["attention_ref", "causal_mask", "plan_ref", "sample_attention_ref", "sparse_attention_ref"]
+__all__ = [
+    "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
+    "sample_attention_ref", "sparse_attention_ref",
+]
 
 
 def causal_mask(seqlen_q: int, seqlen_k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -181,3 +184,53 @@ def sample_attention_ref(
     sparse_plan = plan_ref(q, k, config, causal=causal, scale=scale, heads=heads)
     out = sparse_attention_ref(q, k, v, sparse_plan)
     return (out, sparse_plan) if return_plan else out
+
+
+def plan_mask_rows(plan: SparsePlan, rows: torch.Tensor) -> torch.Tensor:
+    """The plan's mask for some query rows only: (B, Hq, len(rows), Sk) bool.
+
+    For checking long inputs on a subset of rows without the (B, Hq, Sq, Sk) mask.
+    rows: (n,) int64 query-row indices.
+    """
+    device = plan.col_idx.device
+    rows = rows.to(device, torch.int64)
+    pos = (plan.seqlen_k - plan.seqlen_q + rows).view(1, 1, -1, 1)
+    j = torch.arange(plan.seqlen_k, device=device).view(1, 1, 1, -1)
+    w = plan.window.to(device, torch.int64).view(1, -1, 1, 1)
+    in_window = (j <= pos) & (j > pos - w)
+    member = torch.zeros(plan.batch, plan.nheads_sel, plan.n_segments, plan.seqlen_k + 1,
+                         dtype=torch.bool, device=device)
+    member.scatter_(3, plan.col_idx.to(torch.int64), True)
+    member = member[..., : plan.seqlen_k].repeat_interleave(plan.q_per_sel, dim=1)
+    stripes = member[:, :, rows // plan.segment_rows, :] & (j <= pos)
+    return in_window | stripes
+
+
+def attention_rows_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, *,
+    scale: float | None = None, plan: SparsePlan | None = None,
+) -> torch.Tensor:
+    """Exact attention (fp32) of some query rows: (B, len(rows), Hq, D).
+
+    With ``plan``, under the plan's mask (the sparse oracle); without, full causal attention.
+    Memory O(len(rows) * Sk) per head, so it checks long inputs.
+    """
+    seqlen_q, seqlen_k, nheads_q = q.shape[1], k.shape[1], q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    rows = rows.to(q.device, torch.int64)
+    qh = q[:, rows].transpose(1, 2).float()
+    out = torch.empty(q.shape[0], nheads_q, len(rows), q.shape[-1], device=q.device)
+    group = nheads_q // k.shape[2]
+    pos = (seqlen_k - seqlen_q + rows).view(-1, 1)
+    j = torch.arange(seqlen_k, device=q.device).view(1, -1)
+    mask = plan_mask_rows(plan, rows) if plan is not None else None
+    for kv in range(k.shape[2]):  # one KV head at a time keeps memory at O(rows * Sk)
+        heads = slice(kv * group, (kv + 1) * group)
+        s = torch.matmul(qh[:, heads], k[:, :, kv].float().transpose(-1, -2).unsqueeze(1)) * scale
+        keep = (j <= pos).view(1, 1, len(rows), seqlen_k)
+        if mask is not None:
+            keep = keep & mask[:, heads]
+        s = s.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        out[:, heads] = torch.matmul(p, v[:, :, kv].float().unsqueeze(1))
+    return out.transpose(1, 2)

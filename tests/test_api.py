@@ -19,7 +19,7 @@ from sampleattn import (
 from sampleattn.operator import Geometry
 from sampleattn.reference import attention_ref, sample_attention_ref
 
-from kernel_helpers import DEVICE, qkv, rel_err
+from kernel_helpers import qkv, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 

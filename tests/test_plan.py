@@ -119,3 +119,14 @@ def test_plan_repr_and_dense_mask_are_consistent():
     mask = p.to_dense()
     visible = causal_mask(100, 100, mask.device).sum()
     assert torch.allclose(p.density.cpu(), (mask.sum((-1, -2)).float() / visible).cpu(), atol=1e-6)
+
+
+def test_row_subset_oracle_matches_full_oracle():
+    """attention_rows_ref (used for long inputs) equals attention_ref on the same rows."""
+    from sampleattn.reference import attention_rows_ref, sparse_attention_ref
+
+    q, k, v = qkv(2, 90, 150, 6, 2, 64, torch.float32, seed=8)
+    p = plan(q, k, cfg(alpha=0.8, window_ratio=0.1, sample_ratio=0.2, segment_rows=32))
+    rows = torch.tensor([0, 5, 31, 32, 63, 89])
+    assert rel_err(attention_rows_ref(q, k, v, rows, plan=p), sparse_attention_ref(q, k, v, p)[:, rows.to(DEVICE)]) < 1e-6
+    assert rel_err(attention_rows_ref(q, k, v, rows), attention_ref(q, k, v)[:, rows.to(DEVICE)]) < 1e-6
