@@ -58,6 +58,7 @@ class SampleAttention:
             )
         self.profile = profile
         self.backend: Backend = backend
+        self.source = None  # the store's ProfileRecord when loaded with from_profile
         self.geometry = geometry
         if geometry is not None:
             self.check_geometry(geometry)
@@ -86,21 +87,29 @@ class SampleAttention:
         from .lengths import parse_length
         from .store import ProfileStore
 
-        if store is None or isinstance(store, str):
+        owned = store is None or isinstance(store, str)
+        if owned:
             store = ProfileStore(store, readonly=True)
-        length = None if seq_len is None else parse_length(seq_len)
-        record = store.get_profile(model, length, allow_synthetic=allow_synthetic)
-        stored = record.geometry
-        stored_geometry = None
-        if stored is not None:
-            stored_geometry = Geometry(stored["num_layers"], stored["nheads_q"], stored["nheads_kv"],
-                                       stored["head_dim"])
-        if geometry is not None and stored_geometry is not None and geometry != stored_geometry:
+        try:
+            if seq_len is None:
+                lengths = store.tuned_lengths(model)
+                if not lengths:
+                    raise ValueError(f"the store has no profile for {model!r}; run sattn-tune --model {model}")
+                seq_len = max(lengths)
+            record = store.get_profile(model, parse_length(seq_len), allow_synthetic=allow_synthetic)
+            info = store.get_model(model)
+        finally:
+            if owned:
+                store.close()
+        stored_geometry = Geometry(info.num_layers, info.num_q_heads, info.num_kv_heads, info.head_dim)
+        if geometry is not None and geometry != stored_geometry:
             raise ValueError(
                 f"the profile of {model!r} was tuned for {stored_geometry}, but the model it is "
                 f"applied to has {geometry}: tune this model, or load the right profile"
             )
-        return cls(record.profile, geometry=geometry or stored_geometry, backend=backend)
+        operator = cls(record.config, geometry=stored_geometry, backend=backend)
+        operator.source = record
+        return operator
 
     def check_geometry(self, geometry: Geometry) -> None:
         """Raise if a layer or head override names a layer or head the model does not have."""

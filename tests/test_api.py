@@ -147,3 +147,30 @@ def test_docs_example_runs():
     namespace: dict = {}
     exec(compile(blocks[0], "docs/operator.md", "exec"), namespace)
     assert 0 < namespace["p"].mean_density < 1
+
+
+def test_from_profile_loads_a_stored_profile(tmp_path):
+    """A profile saved in a real SQLite store comes back as a configured operator."""
+    from sampleattn.store import ModelInfo, ProfileStore
+
+    url = f"sqlite:///{tmp_path / 'profiles.sqlite'}"
+    profile = ModelAttentionProfile(
+        config=SampleAttentionConfig(alpha=0.9, window_ratio=0.05, dense_below=0),
+        layers={1: LayerOverride(alpha=0.99, heads={0: HeadOverride(window_ratio=0.2)})},
+    )
+    with ProfileStore(url) as store:
+        store.register_model(ModelInfo(name="tiny", num_layers=2, num_q_heads=4, num_kv_heads=2, head_dim=64))
+        store.save_profile("tiny", "1k", profile, calibration_kind="real")
+        store.save_profile("tiny", "4k", SampleAttentionConfig(alpha=0.8), calibration_kind="synthetic")
+    attn = SampleAttention.from_profile("tiny", "2k", url)
+    assert attn.profile == profile and attn.source.seq_len == 1024
+    assert attn.config_for(1).alpha == 0.99
+    q, k, v = qkv(1, 128, 128, 4, 2, 64, torch.float32, seed=1)
+    _, p = attn(q, k, v, layer=1, return_plan=True)
+    assert p.window.tolist() == [26, 7, 7, 7]
+    with pytest.raises(ValueError, match="was tuned for"):
+        SampleAttention.from_profile("tiny", "1k", url, geometry=Geometry(2, 8, 2, 64))
+    # The synthetic profile at 4k is never picked for the real model unless asked.
+    assert SampleAttention.from_profile("tiny", "4k", url).source.calibration_kind == "real"
+    # Even with allow_synthetic, a real profile wins where the model has one (docs/store.md).
+    assert SampleAttention.from_profile("tiny", "4k", url, allow_synthetic=True).config_for(0).alpha == 0.9
