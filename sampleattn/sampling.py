@@ -55,17 +55,24 @@ def _blocks_in_range(lo: int, hi: int, n_rows: int, block: int) -> list[list[int
     return [list(range(s, s + block)) for s in starts]
 
 
+def kernel_block_for(n_rows: int) -> int:
+    """Slots per kernel program: 64 rows make tensor-core-sized tiles once there are enough
+    rows; small inputs keep 16 (the smallest tile `tl.dot` takes), so little work is padding."""
+    return 64 if n_rows >= 256 else 16
+
+
 def choose_sampled_rows(
     seqlen_q: int, seqlen_k: int, *, n_rows: int, min_window: int, block: int,
-    segment_rows: int, device: torch.device | str,
+    segment_rows: int, device: torch.device | str, kernel_block: int | None = None,
 ) -> SampledRows:
     """Choose about ``n_rows`` rows (per segment: in proportion to its length).
 
     Args:
         n_rows: rows to sample over the whole sequence (``ceil(sample_ratio * seqlen_q)``).
         min_window: the narrowest window over heads; rows with ``p_i < min_window`` are skipped.
-        block: rows per block (the kernels' BLOCK_S).
+        block: rows per contiguous sampled run (``config.sample_block``).
         segment_rows: rows per segment (seqlen_q or more for one segment).
+        kernel_block: slots per kernel program (default `kernel_block_for(n_rows)`).
     """
     offset = seqlen_k - seqlen_q
     first_useful = max(0, min_window - offset)
@@ -80,7 +87,18 @@ def choose_sampled_rows(
         blocks.extend(seg)
         block_seg.extend([s] * len(seg))
         seg_blocks.append(len(blocks))
-    flat = [r for blk in blocks for r in blk + [-1] * (block - len(blk))]
+    kernel_block = kernel_block or kernel_block_for(n_rows)
+    # Pack each segment's rows into kernel blocks of `kernel_block` slots (padding with -1).
+    flat: list[int] = []
+    kernel_seg_blocks = [0]
+    kernel_block_seg: list[int] = []
+    for s in range(n_seg):
+        seg_rows = [r for blk in blocks[seg_blocks[s]:seg_blocks[s + 1]] for r in blk]
+        n_kernel_blocks = -(-len(seg_rows) // kernel_block)
+        flat.extend(seg_rows + [-1] * (n_kernel_blocks * kernel_block - len(seg_rows)))
+        kernel_block_seg.extend([s] * n_kernel_blocks)
+        kernel_seg_blocks.append(kernel_seg_blocks[-1] + n_kernel_blocks)
+    seg_blocks, block_seg, block = kernel_seg_blocks, kernel_block_seg, kernel_block
     if not flat:  # every row lies inside its window: one empty block keeps shapes simple
         flat = [-1] * block
         block_seg = [n_seg - 1]

@@ -130,3 +130,20 @@ def test_row_subset_oracle_matches_full_oracle():
     rows = torch.tensor([0, 5, 31, 32, 63, 89])
     assert rel_err(attention_rows_ref(q, k, v, rows, plan=p), sparse_attention_ref(q, k, v, p)[:, rows.to(DEVICE)]) < 1e-6
     assert rel_err(attention_rows_ref(q, k, v, rows), attention_ref(q, k, v)[:, rows.to(DEVICE)]) < 1e-6
+
+
+def test_large_kernel_blocks_of_sampled_rows_match_reference():
+    """With 256+ sampled rows the kernels take 64 rows per program (several sampled runs, one
+    segment each); the result must not change."""
+    q, k, _ = qkv(1, 640, 640, 2, 1, 64, torch.float32, seed=12)
+    config = cfg(alpha=0.9, window_ratio=0.05, sample_ratio=0.45, segment_rows=320)
+    fast = plan(q, k, config, keep_scores=True)
+    slow = plan_ref(q, k, config, keep_scores=True)
+    from sampleattn.sampling import choose_sampled_rows
+
+    rows = choose_sampled_rows(640, 640, n_rows=config.sampled_rows(640), min_window=32,
+                               block=config.sample_block, segment_rows=320, device="cpu")
+    assert rows.block == 64 and rows.seg_blocks.tolist()[-1] == rows.block_seg.numel()
+    assert torch.allclose(fast.scores, slow.scores, atol=1e-5, rtol=1e-4)
+    assert (fast.col_count - slow.col_count).abs().max() <= 1
+    assert torch.allclose(fast.retained_min, slow.retained_min, atol=1e-3)
