@@ -85,6 +85,16 @@ def sparse_attention_fwd(
             f"batch * nheads_q = {batch * nheads_q} exceeds the CUDA grid limit {MAX_GRID_Y}; "
             "split the batch into smaller calls"
         )
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if block_d > 128:
+        # A 256-wide head's fp32 accumulator for 128 rows does not fit in registers: halve the tiles.
+        block_m, block_n = min(block_m, 64), min(block_n, 64)
+    if num_warps is None:
+        # Measured on the H200 (docs/benchmarks.md): 64-row tiles want 4 warps (8 halve the
+        # throughput), 128-row tiles want 8.
+        num_warps = 4 if block_m <= 64 else 8
+    if num_stages is None:
+        num_stages = 2 if block_d > 128 else 3
     if segment_rows % block_m:
         raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
     col_idx = col_idx.contiguous()
@@ -95,11 +105,6 @@ def sparse_attention_fwd(
     out = torch.empty_like(q)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32) if return_lse \
         else torch.empty((1, 1, 1), device=q.device, dtype=torch.float32)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if num_warps is None:
-        num_warps = 4 if block_d <= 64 else 8
-    if num_stages is None:
-        num_stages = 2 if block_d >= 256 else 3
     grid = (triton.cdiv(seqlen_q, block_m), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
         q, k, v, out, lse, col_idx, col_end, window,

@@ -44,8 +44,8 @@ def sparse_attention(
     plan: SparsePlan,
     *,
     return_lse: bool = False,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int = 128,
     backend: Backend = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Stage 3: attention over the plan's window band plus its selected columns.
@@ -54,7 +54,8 @@ def sparse_attention(
         q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D); the shapes the plan was made for.
         return_lse: also return the per-row natural log-sum-exp (B, Hq, Sq) fp32, e.g. to merge
             chunks in chunked prefill (-inf for a row that kept no key).
-        block_m, block_n: kernel tile sizes (keyword-only; block_m must divide plan.segment_rows).
+        block_m, block_n: kernel tile sizes (keyword-only); block_m must divide
+            plan.segment_rows; None takes the largest of 128, 64, 32, 16 that does.
     Returns:
         out (B, Sq, Hq, D) in q's dtype (and lse).
     """
@@ -74,6 +75,8 @@ def sparse_attention(
         return sparse_attention_ref(q, k, v, plan, return_lse=return_lse)
     from sampleattn.kernels import sparse_attention_fwd
 
+    if block_m is None:
+        block_m = next(b for b in (128, 64, 32, 16) if plan.segment_rows % b == 0)
     out, lse = sparse_attention_fwd(
         q, k, v, plan.col_idx, plan.window, segment_rows=plan.segment_rows,
         q_per_sel=plan.q_per_sel, scale=plan.scale, block_m=block_m, block_n=block_n,

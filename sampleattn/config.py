@@ -56,8 +56,8 @@ class SampleAttentionConfig(BaseModel):
     sample_ratio: float = Field(0.05, gt=0.0, le=1.0)
     gqa_granularity: GQAGranularity = "query_head"
     dense_below: int = Field(16_384, ge=0)
-    block_m: int = Field(64, ge=16, le=256)
-    block_n: int = Field(64, ge=16, le=256)
+    block_m: int = Field(128, ge=16, le=256)
+    block_n: int = Field(128, ge=16, le=256)
     sample_block: int = Field(16, ge=16, le=128)
     segment_rows: int | None = Field(None, ge=16)
 
