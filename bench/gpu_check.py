@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from sampleattn.timing import cuda_ms
+
 from sampleattn import SampleAttentionConfig, collect_env, plan, sample_attention, sparse_attention
 from sampleattn.planning import SparsePlan
 from sampleattn.reference import attention_ref, attention_rows_ref, plan_ref
@@ -135,20 +137,6 @@ def check_operator(results, failures, lengths):
                 failures.append(name)
 
 
-def cuda_time(fn, warmup=3, repeat=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
 
 def timing(results, lengths):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -162,7 +150,7 @@ def timing(results, lengths):
         for name, backend in (("sdpa_cudnn_ms", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash_ms", SDPBackend.FLASH_ATTENTION)):
             try:
                 with sdpa_kernel(backend):
-                    row[name] = cuda_time(lambda: F.scaled_dot_product_attention(qh, kh_e, vh_e, is_causal=True))
+                    row[name] = cuda_ms(lambda: F.scaled_dot_product_attention(qh, kh_e, vh_e, is_causal=True))
             except RuntimeError as error:
                 row[name] = None
                 row[name + "_error"] = str(error)[:200]
@@ -170,13 +158,13 @@ def timing(results, lengths):
             config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05,
                                            gqa_granularity=gran, dense_below=0)
             p = plan(q, k, config)
-            row[f"{gran}_plan_ms"] = cuda_time(lambda: plan(q, k, config))
-            row[f"{gran}_attn_ms"] = cuda_time(lambda: sparse_attention(q, k, v, p))
-            row[f"{gran}_total_ms"] = cuda_time(lambda: sample_attention(q, k, v, config))
+            row[f"{gran}_plan_ms"] = cuda_ms(lambda: plan(q, k, config))
+            row[f"{gran}_attn_ms"] = cuda_ms(lambda: sparse_attention(q, k, v, p))
+            row[f"{gran}_total_ms"] = cuda_ms(lambda: sample_attention(q, k, v, config))
             row[f"{gran}_density"] = p.mean_density
         full = SampleAttentionConfig(alpha=1.0, window_ratio=1.0, dense_below=0)
         pf = plan(q, k, full)
-        row["full_density_attn_ms"] = cuda_time(lambda: sparse_attention(q, k, v, pf))
+        row["full_density_attn_ms"] = cuda_ms(lambda: sparse_attention(q, k, v, pf))
         flops = 4 * seqlen * seqlen * 128 * 32 / 2
         row["full_density_tflops"] = flops / row["full_density_attn_ms"] / 1e9
         if row.get("sdpa_cudnn_ms"):

@@ -18,14 +18,15 @@ import dataclasses
 import json
 import math
 import time
-from typing import Callable
 
 import torch
+
+from sampleattn.timing import cuda_ms
 
 from sampleattn import SampleAttentionConfig, plan, sparse_attention
 from sampleattn.reference import attention_rows_ref
 
-__all__ = ["GEOMETRIES", "Case", "cuda_ms", "run_case", "make_inputs"]
+__all__ = ["GEOMETRIES", "Case", "run_case", "make_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,21 +59,6 @@ class Case:
     def full_density(self) -> bool:
         return self.alpha >= 1.0 and self.window_ratio >= 1.0
 
-
-def cuda_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> float:
-    """Median milliseconds of ``fn`` over ``repeat`` runs, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, density: float = 0.01,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from sampleattn.timing import cuda_ms
+
 from sampleattn import SampleAttentionConfig, collect_env, plan
 from sampleattn.kernels import column_scores, sampled_row_stats, sparse_attention_fwd, stripe_mass
 from sampleattn.planning import (
@@ -31,20 +33,6 @@ from sampleattn.synthetic import structured_qkv
 TILES = [(64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
          (128, 128, 8, 3), (128, 32, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
 
-
-def cuda_ms(fn, warmup=2, repeat=7):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def rel_err(x, ref):

@@ -8,7 +8,7 @@ and segment of query rows, a sorted list of column indices.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -17,7 +17,7 @@ from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head, select_columns
 from .validation import check_qk, default_scale, kernel_backend_available
 
-__all__ = ["SparsePlan", "plan", "head_parameters"]
+__all__ = ["PlanSetup", "SparsePlan", "head_parameters", "plan", "prepare_plan", "select_and_report"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,6 +195,79 @@ def summarize_rows(
     return window_sum, n_counted, torch.where(any_counted, mean, one), torch.where(any_counted, low, one)
 
 
+@dataclass(frozen=True)
+class PlanSetup:
+    """What both plan implementations (kernels and reference) derive from the inputs first.
+
+    alpha (Hq,) fp32 and window (Hq,) int32 live on the CPU; window_dev is window on q's device.
+    """
+
+    batch: int
+    seqlen_q: int
+    seqlen_k: int
+    nheads_q: int
+    nheads_kv: int
+    scale: float
+    q_per_sel: int
+    alpha: torch.Tensor
+    window: torch.Tensor
+    window_dev: torch.Tensor
+    segment_rows: int
+    rows: SampledRows
+
+
+def prepare_plan(
+    q: torch.Tensor, k: torch.Tensor, config: SampleAttentionConfig, *, causal: bool,
+    scale: float | None, heads: Mapping[int, HeadOverride] | None,
+) -> PlanSetup:
+    """Validate the inputs and choose the per-head parameters, segments and sampled rows."""
+    check_qk(q, k, causal=causal)
+    batch, seqlen_q, nheads_q, _ = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
+    segment_rows = segment_rows_for(config, seqlen_q)
+    rows = choose_sampled_rows(
+        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
+        block=config.sample_block, segment_rows=segment_rows, device=q.device,
+    )
+    return PlanSetup(
+        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
+        scale=default_scale(q, scale),
+        q_per_sel=nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1,
+        alpha=alpha, window=window, window_dev=window.to(q.device), segment_rows=segment_rows, rows=rows,
+    )
+
+
+def select_and_report(
+    setup: PlanSetup, config: SampleAttentionConfig, *, wmass: torch.Tensor, scores: torch.Tensor,
+    stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], keep_scores: bool,
+) -> SparsePlan:
+    """Stage 2 and the plan's reports, from stage 1's outputs.
+
+    Args:
+        wmass: (B, Hq, n_slots) window mass of each sampled row.
+        scores: (B, Hsel, n_seg, Sk) column scores.
+        stripe_mass_of: ``(col_idx, col_count) -> (B, Hq, n_slots)``, each sampled row's mass on
+            the selected columns left of its window (computed by the caller's own means).
+    """
+    shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
+    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows, setup.window,
+                                                 **shape)
+    reach = reach_per_segment(setup.window, setup.rows, segment_rows=setup.segment_rows, **shape)
+    col_idx, col_count = select_columns(scores, window_sum, n_counted,
+                                        selection_alpha(setup.alpha, setup.q_per_sel), reach=reach)
+    stripe = stripe_mass_of(col_idx, col_count)
+    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window, **shape)
+    density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
+    return SparsePlan(
+        batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
+        nheads_kv=setup.nheads_kv, gqa_granularity=config.gqa_granularity, segment_rows=setup.segment_rows,
+        scale=setup.scale, window=setup.window_dev, col_idx=col_idx, col_count=col_count,
+        retained_mean=retained_mean, retained_min=retained_min, density=density,
+        sampled_rows=setup.rows.valid_rows, scores=scores if keep_scores else None,
+    )
+
+
 def plan(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -215,44 +288,18 @@ def plan(
     Returns:
         The `SparsePlan`.
     """
-    check_qk(q, k, causal=causal)
+    setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
     kernel_backend_available(q)
     from sampleattn.kernels import column_scores, sampled_row_stats, stripe_mass
 
-    batch, seqlen_q, nheads_q, _ = q.shape
-    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
-    scale = default_scale(q, scale)
-    q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
-    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
-    window_dev = window.to(q.device)
-    segment_rows = segment_rows_for(config, seqlen_q)
-    rows = choose_sampled_rows(
-        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
-        block=config.sample_block, segment_rows=segment_rows, device=q.device,
-    )
+    rows, window = setup.rows, setup.window_dev
+    common = {"scale": setup.scale, "block_s": rows.block}
     # Stage 1: exact statistics of the sampled rows, then column scores.
-    lse2, wmass = sampled_row_stats(q, k, rows.rows, window_dev, scale=scale, block_s=rows.block)
-    scores = column_scores(q, k, rows.rows, window_dev, lse2, rows.seg_blocks, q_per_sel=q_per_sel,
-                           scale=scale, block_s=rows.block)
-    zero = torch.zeros_like(wmass)
-    window_sum, n_counted, _, _ = summarize_rows(wmass, zero, rows, window, seqlen_q=seqlen_q,
-                                                 seqlen_k=seqlen_k, q_per_sel=q_per_sel)
-    # Stage 2: shortest prefix of columns by score that reaches alpha.
-    reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-                              segment_rows=segment_rows, q_per_sel=q_per_sel)
-    col_idx, col_count = select_columns(scores, window_sum, n_counted,
-                                        selection_alpha(alpha, q_per_sel), reach=reach)
-    # Report: retained mass per sampled row (window part + selected stripes), density.
-    stripe = stripe_mass(q, k, rows.rows, window_dev, lse2, rows.block_seg, col_idx, col_count,
-                         q_per_sel=q_per_sel, scale=scale, block_s=rows.block)
-    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, rows, window, seqlen_q=seqlen_q,
-                                                       seqlen_k=seqlen_k, q_per_sel=q_per_sel)
-    density = density_per_head(col_idx, col_count, window_dev, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-                               segment_rows=segment_rows, q_per_sel=q_per_sel)
-    return SparsePlan(
-        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
-        gqa_granularity=config.gqa_granularity, segment_rows=segment_rows, scale=scale,
-        window=window_dev, col_idx=col_idx, col_count=col_count, retained_mean=retained_mean,
-        retained_min=retained_min, density=density, sampled_rows=rows.valid_rows,
-        scores=scores if keep_scores else None,
+    lse2, wmass = sampled_row_stats(q, k, rows.rows, window, **common)
+    scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel, **common)
+    return select_and_report(
+        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores,
+        stripe_mass_of=lambda col_idx, col_count: stripe_mass(
+            q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
+            q_per_sel=setup.q_per_sel, **common),
     )

@@ -18,13 +18,8 @@ from typing import Mapping
 import torch
 
 from .config import HeadOverride, SampleAttentionConfig
-from .planning import (
-    SparsePlan, head_parameters, reach_per_segment, segment_rows_for, selection_alpha,
-    summarize_rows,
-)
-from .sampling import choose_sampled_rows
-from .selection import density_per_head, select_columns
-from .validation import check_qk, check_qkv, default_scale
+from .planning import SparsePlan, prepare_plan, select_and_report
+from .validation import check_qkv
 
 __all__ = [
     "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
@@ -97,31 +92,18 @@ def plan_ref(
     keep_scores: bool = False,
 ) -> SparsePlan:
     """Stages 1-2 in plain PyTorch: same sampled rows and rule as `sampleattn.planning.plan`."""
-    check_qk(q, k, causal=causal)
-    batch, seqlen_q, nheads_q, _ = q.shape
-    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
-    scale = default_scale(q, scale)
-    q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
-    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
-    segment_rows = segment_rows_for(config, seqlen_q)
-    rows = choose_sampled_rows(
-        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
-        block=config.sample_block, segment_rows=segment_rows, device=q.device,
-    )
+    setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
+    rows, window = setup.rows, setup.window_dev
     slot_rows = rows.rows.to(torch.int64)
     real = slot_rows >= 0
-    safe_rows = slot_rows.clamp(min=0)
     # Dense softmax of the sampled rows: (B, Hq, n_slots, Sk).
-    qs = q[:, safe_rows].transpose(1, 2).float()
-    ks = _expand_kv(k, nheads_q).float()
-    s = torch.matmul(qs, ks.transpose(-1, -2)) * scale
-    pos = (seqlen_k - seqlen_q + slot_rows).view(1, 1, -1, 1)
-    j = torch.arange(seqlen_k, device=q.device).view(1, 1, 1, -1)
+    qs = q[:, slot_rows.clamp(min=0)].transpose(1, 2).float()
+    s = torch.matmul(qs, _expand_kv(k, setup.nheads_q).float().transpose(-1, -2)) * setup.scale
+    pos = (setup.seqlen_k - setup.seqlen_q + slot_rows).view(1, 1, -1, 1)
+    j = torch.arange(setup.seqlen_k, device=q.device).view(1, 1, 1, -1)
     visible = (j <= pos) & real.view(1, 1, -1, 1)
-    s = s.masked_fill(~visible, float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
-    w = window.to(q.device, torch.int64).view(1, -1, 1, 1)
-    outside = (j <= pos - w) & visible
+    p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    outside = (j <= pos - window.to(torch.int64).view(1, -1, 1, 1)) & visible
     wmass = torch.where(visible & ~outside, p, 0.0).sum(-1)
     wmass = torch.where(visible.any(-1), wmass, torch.ones_like(wmass))
     p_out = torch.where(outside, p, 0.0)  # (B, Hq, n_slots, Sk)
@@ -130,32 +112,16 @@ def plan_ref(
     n_seg = rows.seg_blocks.numel() - 1
     onehot = torch.nn.functional.one_hot(slot_seg, n_seg).to(torch.float32)
     scores = torch.einsum("bhsk,sg->bhgk", p_out, onehot)
-    scores = scores.view(batch, nheads_q // q_per_sel, q_per_sel, n_seg, seqlen_k).sum(dim=2)
-    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), rows, window,
-                                                 seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-                                                 q_per_sel=q_per_sel)
-    reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-                              segment_rows=segment_rows, q_per_sel=q_per_sel)
-    col_idx, col_count = select_columns(scores, window_sum, n_counted,
-                                        selection_alpha(alpha, q_per_sel), reach=reach)
-    # Stripe mass of each sampled row: its outside-window mass on its segment's selection.
-    member = torch.zeros(batch, nheads_q // q_per_sel, n_seg, seqlen_k + 1, dtype=torch.bool,
-                         device=q.device)
-    member.scatter_(3, col_idx.to(torch.int64), True)
-    member = member[..., :seqlen_k].repeat_interleave(q_per_sel, dim=1)[:, :, slot_seg, :]
-    stripe = torch.where(member, p_out, 0.0).sum(-1)
-    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, rows, window, seqlen_q=seqlen_q,
-                                                       seqlen_k=seqlen_k, q_per_sel=q_per_sel)
-    window_dev = window.to(q.device)
-    density = density_per_head(col_idx, col_count, window_dev, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-                               segment_rows=segment_rows, q_per_sel=q_per_sel)
-    return SparsePlan(
-        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
-        gqa_granularity=config.gqa_granularity, segment_rows=segment_rows, scale=scale,
-        window=window_dev, col_idx=col_idx, col_count=col_count, retained_mean=retained_mean,
-        retained_min=retained_min, density=density, sampled_rows=rows.valid_rows,
-        scores=scores if keep_scores else None,
-    )
+    scores = scores.view(setup.batch, -1, setup.q_per_sel, n_seg, setup.seqlen_k).sum(dim=2)
+
+    def stripe_mass_of(col_idx: torch.Tensor, col_count: torch.Tensor) -> torch.Tensor:
+        member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=q.device)
+        member.scatter_(3, col_idx.to(torch.int64), True)
+        member = member[..., : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1)[:, :, slot_seg, :]
+        return torch.where(member, p_out, 0.0).sum(-1)
+
+    return select_and_report(setup, config, wmass=wmass, scores=scores, stripe_mass_of=stripe_mass_of,
+                             keep_scores=keep_scores)
 
 
 def sparse_attention_ref(

@@ -1,0 +1,31 @@
+"""Device timing shared by the benchmark and the tuner: CUDA events, warm-up, median."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["cuda_ms"]
+
+
+def cuda_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> float:
+    """Median milliseconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs.
+
+    Each run is timed with a pair of CUDA events on the current stream and synchronised, so
+    asynchronous launches are measured, not just queued.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat={repeat} must be at least 1")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
