@@ -1,0 +1,356 @@
+"""How one trial is evaluated: per-layer error, retained mass, density and latency of a profile.
+
+`LayerEvaluator` holds the calibration tensors of one length in memory (what a Ray worker keeps
+between trials) and evaluates a `ModelAttentionProfile` on them:
+
+* **error**: for each sample and layer, a fixed random subset of query rows (``rows_per_layer``,
+  drawn once from a seed; the same rows for every head of the layer) is attended exactly, in
+  fp32, once (`sampleattn.reference.attention_rows_ref`) and cached. A trial plans the layer
+  with its config (stages 1-2: the Triton `plan` on a GPU, the PyTorch `plan_ref` on the CPU),
+  attends the same rows under the plan's mask, and measures the relative L2 error
+  ``||O~ - O||_F / ||O||_F`` over those rows and all heads of the layer. A layer's error is the
+  mean over samples; the trial's ``rel_error`` is the mean over layers (``rel_error_max`` the
+  worst layer).
+* **retained mass** and **density**: the plan's own reports (`SparsePlan.retained_mean`,
+  ``retained_min``, ``density``), averaged over heads, samples and layers (min for the min).
+* **latency**: the whole attention of one prefill at the calibration shape, summed over the
+  evaluated layers. On a GPU it is measured (`measure_cuda_ms`: CUDA events, median of repeats
+  after warm-up, of `sampleattn.sample_attention` with the kernels, against dense SDPA). On the
+  CPU it is *estimated* (`estimate_sparse_ms`):
+
+      t_sparse = t_dense * (density + 2 * sampled_fraction)
+
+  where ``t_dense`` is the measured time of dense SDPA on the CPU at that shape, ``density`` the
+  fraction of causal pairs the sparse kernel computes and ``sampled_fraction`` the causal pairs of
+  the sampled rows over all causal pairs (stage 1 reads each sampled row twice: once for its
+  log-sum-exp, once for the column scores). Selection (a sort of ``seqlen`` scores per head) and
+  the stripe-mass report are O(seqlen) and left out.
+
+A layer whose key length is below its config's ``dense_below`` runs dense: error 0, retained
+mass 1, density 1, latency of dense attention.
+
+`ModelEvaluator` adds the model-level objective (``--objective model``): a prefill of each
+calibration sample with the trial's profile in every layer (through
+`sampleattn.integrations.transformers.patch_model`) and the KL divergence and top-1 agreement
+of its logits against the full-attention logits cached at capture time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from sampleattn.config import ModelAttentionProfile
+
+__all__ = [
+    "LayerEvaluator",
+    "LayerMetrics",
+    "ModelEvaluator",
+    "TrialResult",
+    "estimate_sparse_ms",
+    "measure_cpu_ms",
+    "measure_cuda_ms",
+    "sampled_fraction",
+]
+
+#: Rows per (sample, layer) on which the error is measured.
+DEFAULT_ROWS_PER_LAYER = 256
+
+
+@dataclass
+class LayerMetrics:
+    """Metrics of one layer under one trial's config (averaged over samples)."""
+
+    rel_error: float
+    retained_mean: float
+    retained_min: float
+    density: float
+    latency_ms: float
+    dense_latency_ms: float
+    dense: bool = False
+
+
+@dataclass
+class TrialResult:
+    """What a worker returns for one trial (plain Python values, cheap to ship through Ray).
+
+    ``layers`` maps layer index -> `LayerMetrics`; ``extra`` holds objective-specific metrics
+    (``kl_divergence``, ``top1_agreement``...). ``latency_ms`` and ``dense_latency_ms`` are sums
+    over the evaluated layers; ``latency_measured`` is True for CUDA-event timings.
+    """
+
+    rel_error: float
+    rel_error_max: float
+    retained_mass_mean: float
+    retained_mass_min: float
+    density: float
+    latency_ms: float
+    dense_latency_ms: float
+    latency_measured: bool
+    layers: dict[int, LayerMetrics] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
+    worker: str | None = None
+    device: str | None = None
+    duration_s: float = 0.0
+
+    def store_metrics(self) -> dict[str, Any]:
+        """The metrics as the store's `TrialMetrics` fields (per-layer errors in ``extra``)."""
+        extra = {"rel_error_max": self.rel_error_max, **self.extra}
+        for index, layer in sorted(self.layers.items()):
+            extra[f"layer{index:03d}_rel_error"] = layer.rel_error
+        return {
+            "rel_error": self.rel_error,
+            "retained_mass_mean": self.retained_mass_mean,
+            "retained_mass_min": self.retained_mass_min,
+            "density": min(1.0, self.density),
+            "latency_ms": self.latency_ms,
+            "dense_latency_ms": self.dense_latency_ms,
+            "latency_measured": self.latency_measured,
+            "extra": extra,
+        }
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def sampled_fraction(sampled_rows: torch.Tensor, seqlen_q: int, seqlen_k: int) -> float:
+    """Causal pairs of the sampled rows over all causal pairs (bottom-right alignment).
+
+    sampled_rows: (n,) int64 query-row indices.
+    """
+    offset = seqlen_k - seqlen_q
+    visible = (sampled_rows.double() + offset + 1).clamp(max=seqlen_k).sum().item()
+    total = seqlen_q * offset + seqlen_q * (seqlen_q + 1) / 2
+    return float(visible / total) if total > 0 else 0.0
+
+
+def estimate_sparse_ms(dense_ms: float, density: float, sampled_frac: float) -> float:
+    """The CPU's analytic latency of SampleAttention: ``dense_ms * (density + 2 * sampled_frac)``."""
+    return dense_ms * (min(1.0, density) + 2.0 * sampled_frac)
+
+
+def measure_cpu_ms(fn, *, warmup: int = 1, repeats: int = 3) -> float:
+    """Median wall time (ms) of ``fn()`` on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure_cuda_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
+    """Median time (ms) of ``fn()`` on the current CUDA device, timed with CUDA events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+
+class LayerEvaluator:
+    """Per-layer evaluation of profiles on the calibration samples of one length.
+
+    Args:
+        samples: calibration samples (`CalibrationSample` or `SyntheticSample`); each gives
+            ``layer(i)`` -> ``{"q": (1, S, Hq, D), "k": (1, S, Hkv, D), "v": (1, S, Hkv, D)}``.
+        layers: the layer indices to evaluate (default: all of the first sample's).
+        device: ``"cpu"`` or ``"cuda"`` (the tensors are moved there once).
+        rows_per_layer: rows per (sample, layer) on which the error is measured.
+        seed: seed of the row subsets (fixed for the life of the evaluator, hence of the run).
+
+    The tensors stay in memory: float32 on the CPU, float16 on a GPU (what the kernels take).
+    The exact outputs of the row subsets are computed here, once.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Any],
+        *,
+        layers: Sequence[int] | None = None,
+        device: str = "cpu",
+        rows_per_layer: int = DEFAULT_ROWS_PER_LAYER,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        from sampleattn.reference import attention_rows_ref
+
+        if not samples:
+            raise ValueError("no calibration sample to evaluate on")
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.layers = list(layers) if layers is not None else list(samples[0].layers)
+        dtype = torch.float16 if self.cuda else torch.float32
+        # data[s][layer] = (q, k, v, rows, exact)
+        self.data: list[dict[int, tuple]] = []
+        for s_index, sample in enumerate(samples):
+            per_layer: dict[int, tuple] = {}
+            for layer in self.layers:
+                t = sample.layer(layer, dtype=dtype, device=self.device)
+                q, k, v = t["q"], t["k"], t["v"]
+                seqlen = q.shape[1]
+                gen = torch.Generator().manual_seed(hash((seed, s_index, layer)) & 0x7FFFFFFF)
+                n_rows = min(rows_per_layer, seqlen)
+                rows = torch.randperm(seqlen, generator=gen)[:n_rows].sort().values.to(self.device)
+                exact = attention_rows_ref(q, k, v, rows)  # (1, n_rows, Hq, D) fp32
+                per_layer[layer] = (q, k, v, rows, exact)
+            self.data.append(per_layer)
+        q0, k0, _, _, _ = self.data[0][self.layers[0]]
+        self.seqlen_q, self.seqlen_k = q0.shape[1], k0.shape[1]
+        self.nheads_q, self.nheads_kv, self.head_dim = q0.shape[2], k0.shape[2], q0.shape[3]
+        self.dense_ms = self._dense_ms()
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(seqlen, nheads_q, nheads_kv, head_dim) of the calibration tensors."""
+        return self.seqlen_q, self.nheads_q, self.nheads_kv, self.head_dim
+
+    def _dense_ms(self) -> float:
+        """Time of one dense SDPA call at the calibration shape (measured on this device)."""
+        from sampleattn.attention import dense_attention
+
+        q, k, v, _, _ = self.data[0][self.layers[0]]
+        if self.cuda:
+            return measure_cuda_ms(lambda: dense_attention(q, k, v))
+        return measure_cpu_ms(lambda: dense_attention(q, k, v))
+
+    def _plan(self, q, k, config, heads):
+        if self.cuda:
+            from sampleattn.planning import plan
+
+            return plan(q, k, config, heads=heads)
+        from sampleattn.reference import plan_ref
+
+        return plan_ref(q, k, config, heads=heads)
+
+    def evaluate(self, profile: ModelAttentionProfile, *, time_layers: bool = True) -> TrialResult:
+        """Evaluate ``profile`` on every layer and sample; see the module docstring."""
+        import torch
+
+        from sampleattn.reference import attention_rows_ref
+
+        layers: dict[int, LayerMetrics] = {}
+        for layer in self.layers:
+            config = profile.layer_config(layer)
+            heads = profile.head_overrides(layer)
+            if self.seqlen_k < config.dense_below:
+                layers[layer] = LayerMetrics(0.0, 1.0, 1.0, 1.0, self.dense_ms, self.dense_ms, dense=True)
+                continue
+            errors, r_mean, r_min, density, frac = [], [], [], [], []
+            for per_layer in self.data:
+                q, k, v, rows, exact = per_layer[layer]
+                with torch.no_grad():
+                    plan = self._plan(q, k, config, heads)
+                    approx = attention_rows_ref(q, k, v, rows, plan=plan)
+                err = (torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact).clamp(min=1e-30))
+                errors.append(float(err))
+                r_mean.append(float(plan.retained_mean.mean()))
+                r_min.append(float(plan.retained_min.min()))
+                density.append(plan.mean_density)
+                frac.append(sampled_fraction(plan.sampled_rows.cpu(), self.seqlen_q, self.seqlen_k))
+            for name, values in (("rel_error", errors), ("density", density)):
+                bad = [x for x in values if not math.isfinite(x)]
+                if bad:
+                    raise FloatingPointError(f"layer {layer}: {name} is not finite ({bad[0]}) for {config}")
+            dens = statistics.fmean(density)
+            if self.cuda and time_layers:
+                q, k, v, _, _ = self.data[0][layer]
+                latency = self._sparse_cuda_ms(q, k, v, config, heads)
+            else:
+                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac))
+            layers[layer] = LayerMetrics(
+                rel_error=statistics.fmean(errors), retained_mean=statistics.fmean(r_mean),
+                retained_min=min(r_min), density=dens, latency_ms=latency, dense_latency_ms=self.dense_ms,
+            )
+        return self.summarize(layers)
+
+    def _sparse_cuda_ms(self, q, k, v, config, heads) -> float:
+        from sampleattn.attention import sample_attention
+
+        return measure_cuda_ms(lambda: sample_attention(q, k, v, config, heads=heads, backend="triton"))
+
+    def summarize(self, layers: dict[int, LayerMetrics]) -> TrialResult:
+        """Aggregate per-layer metrics into a `TrialResult` (means; min of mins; sums of times)."""
+        values = list(layers.values())
+        return TrialResult(
+            rel_error=statistics.fmean(m.rel_error for m in values),
+            rel_error_max=max(m.rel_error for m in values),
+            retained_mass_mean=statistics.fmean(m.retained_mean for m in values),
+            retained_mass_min=min(m.retained_min for m in values),
+            density=statistics.fmean(m.density for m in values),
+            latency_ms=sum(m.latency_ms for m in values),
+            dense_latency_ms=sum(m.dense_latency_ms for m in values),
+            latency_measured=self.cuda,
+            layers=dict(layers),
+        )
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+class ModelEvaluator:
+    """The model-level objective: logits of a prefill with the trial's profile vs full attention.
+
+    Args:
+        model: the loaded model (transformers, attention through ``AttentionInterface``).
+        samples: real calibration samples (with ``input_ids`` (S,), ``logits`` (n, vocab) fp32 and
+            ``logit_positions`` (n,) of the full-attention run).
+        device: where the model runs.
+
+    `evaluate(profile)` returns ``{"kl_divergence": mean over samples and positions of
+    KL(p_full || p_sparse) in nats, "top1_agreement": fraction of positions whose argmax agrees}``.
+    """
+
+    def __init__(self, model: Any, samples: Sequence[Any], *, device: str = "cpu") -> None:
+        if any(getattr(s, "synthetic", False) for s in samples):
+            raise ValueError("--objective model needs real calibration text (synthetic samples have no logits)")
+        self.model = model
+        self.device = device
+        self.samples = [
+            (s.input_ids.to(device), s.logits.float().to(device), s.logit_positions.to(device)) for s in samples
+        ]
+
+    def evaluate(self, profile: ModelAttentionProfile, *, geometry=None) -> dict[str, float]:
+        import torch
+
+        from sampleattn.integrations.transformers import patch_model
+        from sampleattn.operator import SampleAttention
+
+        backend = "triton" if str(self.device).startswith("cuda") else "torch"
+        attn = SampleAttention(profile, geometry=geometry, backend=backend)
+        kls, agree = [], []
+        with torch.no_grad(), patch_model(self.model, attn):
+            for input_ids, ref_logits, positions in self.samples:
+                out = self.model(input_ids.view(1, -1), use_cache=False)
+                logits = out.logits[0, positions].float()
+                ref_logp = torch.log_softmax(ref_logits, dim=-1)
+                logp = torch.log_softmax(logits, dim=-1)
+                kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (n,)
+                kls.append(float(kl.mean()))
+                agree.append(float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()))
+        kl_mean = max(0.0, statistics.fmean(kls))
+        if not math.isfinite(kl_mean):
+            raise FloatingPointError("the KL divergence of the logits is not finite")
+        return {"kl_divergence": kl_mean, "top1_agreement": statistics.fmean(agree)}

@@ -1,0 +1,234 @@
+"""Ray workers: long-lived actors that keep the calibration tensors in memory and evaluate trials.
+
+One actor per GPU (``num_gpus=1``) where there are GPUs, CPU actors otherwise. The driver
+(`sampleattn.tuner.search`) creates them once (`WorkerPool`), loads each length's calibration
+into them once (`TrialWorker.load`), and sends them trials (`TrialWorker.evaluate`); the
+actors never open the store: they return plain dicts and the driver writes.
+
+An exception in a trial (including CUDA out-of-memory) is caught in the actor, which frees
+what it can and returns ``{"ok": False, "error": ...}``; the trial is recorded as failed and the
+run goes on. An actor that dies (a crash, the OOM killer) is replaced by the pool, and the trial
+it held is recorded as failed.
+
+Test hooks (read by the driver from its environment and passed to the actors, documented in
+docs/tuner.md): ``SATTN_TUNE_FAIL_TRIALS=3,5`` makes trials 3 and 5 of every study raise;
+``SATTN_TUNE_CRASH_TRIALS=4`` makes the actor evaluating trial 4 exit abruptly, as a dying
+worker would.
+
+``import sampleattn.tuner.workers`` does not import ray; `WorkerPool` does when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["TrialWorker", "WorkerPool", "injected_failures"]
+
+
+def injected_failures(environ: dict[str, str] | None = None) -> dict[str, set[int]]:
+    """The test hooks: ``{"fail": {...}, "crash": {...}}`` trial numbers from the environment."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, set[int]] = {}
+    for kind, var in (("fail", "SATTN_TUNE_FAIL_TRIALS"), ("crash", "SATTN_TUNE_CRASH_TRIALS")):
+        text = environ.get(var, "").strip()
+        out[kind] = {int(x) for x in text.split(",") if x.strip()} if text else set()
+    return out
+
+
+class TrialWorker:
+    """What one Ray actor runs (also usable in-process, e.g. for debugging).
+
+    Args:
+        name: the worker's name in the store (``cpu-actor-0``, ``gpu-actor-1``...).
+        device: ``"cpu"`` or ``"cuda"`` (the GPU Ray assigned to this actor).
+        threads: torch CPU threads for this worker.
+    """
+
+    def __init__(self, name: str, device: str = "cpu", threads: int | None = None) -> None:
+        import torch
+
+        self.name = name
+        self.device = device
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.layer_eval = None
+        self.model_eval = None
+        self.model = None
+        self.model_key: tuple | None = None
+        self.length: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Host, device name and process id of the worker."""
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if self.device == "cuda" and torch.cuda.is_available() else "cpu"
+        return {"name": self.name, "host": socket.gethostname(), "device": gpu, "pid": os.getpid()}
+
+    def load(
+        self,
+        length: int,
+        samples: Sequence[Any],
+        *,
+        layers: Sequence[int] | None,
+        rows_per_layer: int,
+        seed: int,
+        objective: str = "layer",
+        model_load: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Hold the calibration of one length (replacing the previous one); compute exact outputs.
+
+        ``samples`` are `CalibrationSample` (read from the cache folder, which must be visible
+        on this worker's machine) or `SyntheticSample` objects. With ``objective="model"`` the
+        worker also loads the model (``model_load``: `load_model` keyword arguments) once.
+        Returns ``{"dense_ms", "seconds"}``.
+        """
+        import torch
+
+        from .evaluate import LayerEvaluator, ModelEvaluator
+
+        started = time.perf_counter()
+        self.layer_eval = self.model_eval = None
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        self.layer_eval = LayerEvaluator(samples, layers=layers, device=self.device,
+                                         rows_per_layer=rows_per_layer, seed=seed)
+        if objective == "model":
+            key = tuple(sorted((model_load or {}).items()))
+            if self.model is None or self.model_key != key:
+                from .models import load_model
+
+                self.model, _ = load_model(**(model_load or {}), device=self.device)
+                self.model_key = key
+            self.model_eval = ModelEvaluator(self.model, samples, device=self.device)
+        self.length = int(length)
+        return {"dense_ms": self.layer_eval.dense_ms, "seconds": time.perf_counter() - started}
+
+    def set_dense_ms(self, dense_ms: float) -> None:
+        """Use this dense time in the CPU latency estimate (the pool's median, for consistency)."""
+        if self.layer_eval is not None and not self.layer_eval.cuda:
+            self.layer_eval.dense_ms = float(dense_ms)
+
+    def evaluate(self, number: int, profile: dict[str, Any], *, inject: str | None = None) -> dict[str, Any]:
+        """Evaluate one trial; never raises for a failing trial (returns ``ok=False``).
+
+        Args:
+            number: the Optuna trial number (for messages and the test hooks).
+            profile: a `ModelAttentionProfile` as a dict.
+            inject: test hook, ``"fail"`` (raise) or ``"crash"`` (exit the process).
+        Returns:
+            ``{"ok": True, "result": TrialResult as a dict}`` or ``{"ok": False, "error": str}``,
+            with ``worker``, ``device`` and ``duration_s``.
+        """
+        from dataclasses import asdict
+
+        import torch
+
+        from sampleattn.config import ModelAttentionProfile
+
+        started = time.perf_counter()
+        base = {"worker": self.name, "device": self.describe()["device"]}
+        try:
+            if self.layer_eval is None:
+                raise RuntimeError("the worker holds no calibration data (load() was not called)")
+            if inject == "crash":
+                os._exit(17)
+            if inject == "fail":
+                raise RuntimeError(f"injected failure of trial {number} (SATTN_TUNE_FAIL_TRIALS)")
+            config = ModelAttentionProfile.model_validate(profile)
+            result = self.layer_eval.evaluate(config)
+            if self.model_eval is not None:
+                geometry = None
+                result.extra.update(self.model_eval.evaluate(config, geometry=geometry))
+            out = asdict(result)
+            out["layers"] = {int(k): v for k, v in out["layers"].items()}
+            return {"ok": True, "result": out, **base, "duration_s": time.perf_counter() - started}
+        except Exception as exc:  # noqa: BLE001 - a failing trial is data, not a crash
+            message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                message = "CUDA out of memory: " + str(exc).splitlines()[0]
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            return {"ok": False, "error": message, "traceback": traceback.format_exc(limit=8), **base,
+                    "duration_s": time.perf_counter() - started}
+
+
+class WorkerPool:
+    """Ray actors running `TrialWorker`, replaced when they die.
+
+    Args:
+        n: number of actors.
+        device: ``"cuda"`` (one GPU per actor) or ``"cpu"``.
+        cpus_per_worker: CPUs reserved per actor (and its torch threads on the CPU).
+    """
+
+    def __init__(self, n: int, device: str, *, cpus_per_worker: int = 1) -> None:
+        import ray
+
+        self.ray = ray
+        self.device = device
+        self.cpus = max(1, int(cpus_per_worker))
+        options: dict[str, Any] = {"num_cpus": self.cpus, "max_restarts": 0, "max_concurrency": 1}
+        if device == "cuda":
+            options["num_gpus"] = 1
+        self._cls = ray.remote(TrialWorker).options(**options)
+        self._created = 0
+        self.names: list[str] = []
+        self.actors: list[Any] = []
+        for _ in range(n):
+            actor, name = self._new_actor()
+            self.actors.append(actor)
+            self.names.append(name)
+        self._load_args: tuple | None = None
+        self.replaced = 0
+
+    def _new_actor(self):
+        kind = "gpu" if self.device == "cuda" else "cpu"
+        name = f"{kind}-actor-{self._created}"
+        self._created += 1
+        actor = self._cls.remote(name, self.device, self.cpus if self.device == "cpu" else None)
+        return actor, name
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def load(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Call `TrialWorker.load` on every actor (in parallel); the dense time is made uniform."""
+        self._load_args = (args, kwargs)
+        infos = self.ray.get([a.load.remote(*args, **kwargs) for a in self.actors])
+        if self.device == "cpu":
+            dense = sorted(i["dense_ms"] for i in infos)[len(infos) // 2]
+            self.dense_ms = dense
+            self.ray.get([a.set_dense_ms.remote(dense) for a in self.actors])
+        return infos
+
+    def replace(self, index: int) -> None:
+        """Kill actor ``index`` (if it still lives) and start a new one with the current data."""
+        try:
+            self.ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # noqa: BLE001 - it is dead already
+            pass
+        actor, name = self._new_actor()
+        self.actors[index] = actor
+        self.names[index] = name
+        self.replaced += 1
+        if self._load_args is not None:
+            args, kwargs = self._load_args
+            self.ray.get(actor.load.remote(*args, **kwargs))
+            if self.device == "cpu" and getattr(self, "dense_ms", None) is not None:
+                self.ray.get(actor.set_dense_ms.remote(self.dense_ms))
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
