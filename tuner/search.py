@@ -337,7 +337,8 @@ def _recover(ctx: _Ctx, study, name: str, length: int) -> int:
         if t.state == TrialState.RUNNING:
             reason = "interrupted: the tuning driver stopped before the trial finished"
             if t.params and not t.user_attrs.get("combined"):
-                study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+                keep = {k: t.user_attrs[k] for k in ("baseline",) if k in t.user_attrs}
+                study.enqueue_trial(dict(t.params), user_attrs={**keep, "requeued_from": t.number})
                 reason += "; its parameters were re-queued"
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001
             storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001
@@ -480,8 +481,9 @@ def _tune_length(ctx: _Ctx, length: int, index: int) -> LengthResult:
     if requeued:
         _say(ctx.out, f"{format_length(length)}: resumed study {name!r}; {requeued} interrupted trial(s) re-queued")
     if not study.trials:
-        study.enqueue_trial({**PAPER_DEFAULT, "dense_below": 0})
-        study.enqueue_trial({**PAPER_DEFAULT, "dense_below": dense_choices(length)[1]})
+        study.enqueue_trial(dict(PAPER_DEFAULT))
+        study.enqueue_trial({**PAPER_DEFAULT, "dense_below": dense_choices(length)[1]},
+                            user_attrs={"baseline": "dense"})
 
     def ask(trial):
         params = suggest_params(trial, length)
@@ -678,6 +680,7 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         probe = optuna.create_study(directions=["minimize", "minimize"])
         t = probe.ask()
+        t.set_user_attr("baseline", "dense")
         suggest_params(t, options.lengths[0])
         distributions = t.distributions
         search_space = {k: v.model_dump(mode="json") for k, v in search_space_from_distributions(distributions).items()}
