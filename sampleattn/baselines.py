@@ -396,22 +396,41 @@ class VerticalSlashBaseline(_MaskBaseline):
         slash = torch.zeros(p.shape[0], p.shape[1], seqlen_k, device=p.device)
         slash.scatter_add_(2, offset.view(1, 1, -1).expand(p.shape[0], p.shape[1], -1).contiguous(),
                            tail.reshape(p.shape[0], p.shape[1], -1))
-        vertical[..., : self.force_sinks] = float("inf")
-        slash[..., : self.force_local] = float("inf")
+        # forced entries first, in order: the first columns, the nearest diagonals
+        big = 1e9
+        fs, fl = min(self.force_sinks, seqlen_k), min(self.force_local, seqlen_k)
+        vertical[..., :fs] = big - torch.arange(fs, device=p.device, dtype=vertical.dtype)
+        slash[..., :fl] = big - torch.arange(fl, device=p.device, dtype=slash.dtype)
         return vertical, slash
 
-    def _mask(self, vertical, slash, n: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
+    @staticmethod
+    def _keeps(vertical, slash, n: int):
+        """(B, g, Sk) bool kept columns and kept diagonal offsets for a budget of n each."""
+        seqlen_k = vertical.shape[-1]
         n = max(1, min(int(n), seqlen_k))
-        vcols = vertical.topk(n, dim=-1).indices  # (B, g, n)
-        offs = slash.topk(n, dim=-1).indices
-        batch, group = vertical.shape[:2]
-        col_keep = torch.zeros(batch, group, seqlen_k, dtype=torch.bool, device=vertical.device)
-        col_keep.scatter_(2, vcols, True)
-        off_keep = torch.zeros(batch, group, seqlen_k, dtype=torch.bool, device=vertical.device)
-        off_keep.scatter_(2, offs, True)
+        col_keep = torch.zeros_like(vertical, dtype=torch.bool)
+        col_keep.scatter_(2, vertical.topk(n, dim=-1).indices, True)
+        off_keep = torch.zeros_like(slash, dtype=torch.bool)
+        off_keep.scatter_(2, slash.topk(n, dim=-1).indices, True)
+        return col_keep, off_keep
+
+    @staticmethod
+    def _kept_pairs(col_keep, off_keep, seqlen_q: int) -> torch.Tensor:
+        """(B, g) kept causal pairs, without the mask: for the row at position p,
+        |columns <= p| + |offsets <= p| - |{j <= p: column j and offset p - j both kept}|,
+        the last term a causal convolution (by FFT)."""
+        seqlen_k = col_keep.shape[-1]
+        c, o = col_keep.double(), off_keep.double()
+        size = 2 * seqlen_k
+        both = torch.fft.irfft(torch.fft.rfft(c, size) * torch.fft.rfft(o, size), size)[..., :seqlen_k].round()
+        per_pos = c.cumsum(-1) + o.cumsum(-1) - both
+        return per_pos[..., seqlen_k - seqlen_q:].sum(-1)
+
+    def _mask(self, vertical, slash, n: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
+        col_keep, off_keep = self._keeps(vertical, slash, n)
         pos = torch.arange(seqlen_q, device=vertical.device) + (seqlen_k - seqlen_q)
         j = torch.arange(seqlen_k, device=vertical.device)
-        offset = (pos.view(-1, 1) - j.view(1, -1))
+        offset = pos.view(-1, 1) - j.view(1, -1)
         causal = offset >= 0
         diag = off_keep[:, :, offset.clamp(min=0)]  # (B, g, Sq, Sk)
         return (diag | col_keep.unsqueeze(2)) & causal
@@ -422,10 +441,10 @@ class VerticalSlashBaseline(_MaskBaseline):
         visible = visible_pairs(seqlen_q, seqlen_k)
 
         def density(n: float) -> float:
-            return float(self._mask(vertical, slash, int(n), seqlen_q, seqlen_k).sum()) / (
-                visible * vertical.shape[0] * vertical.shape[1])
+            col_keep, off_keep = self._keeps(vertical, slash, int(n))
+            return float(self._kept_pairs(col_keep, off_keep, seqlen_q).mean()) / visible
 
-        n = _bisect(density, target, 1, seqlen_k, integer=True, iters=16)
+        n = _bisect(density, target, 1, seqlen_k, integer=True)
         return self._mask(vertical, slash, int(n), seqlen_q, seqlen_k)
 
 

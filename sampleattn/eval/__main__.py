@@ -1,0 +1,113 @@
+"""``python -m sampleattn.eval``: run the accuracy evaluation, or merge runs into one report.
+
+Examples::
+
+    # the CPU small form (what CI can afford)
+    python -m sampleattn.eval run --form small --out eval-out/cpu-small
+
+    # the full form on a GPU (bf16, Triton kernels)
+    python -m sampleattn.eval run --form full --device cuda --dtype bfloat16 --out eval-out/gpu
+
+    # merge several runs (e.g. lengths run as separate commands) into one table and plots
+    python -m sampleattn.eval report eval-out/gpu-* --out eval-out/gpu-all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+FORMS = {
+    # lengths, samples, needle lengths, depths
+    "small": ([2048], 1, [1024, 2048], [0.0, 0.5, 1.0]),
+    "full": ([2048, 4096, 8192, 16384, 32768], 3, [1024, 2048, 4096, 8192],
+             [i / 10 for i in range(11)]),
+}
+
+
+def _ints(text: str) -> list[int]:
+    from sampleattn.lengths import parse_length
+
+    return [parse_length(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sampleattn.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the evaluation and write table.md, JSON and plots")
+    run.add_argument("--form", choices=sorted(FORMS), default="small",
+                     help="preset of lengths, samples, needle lengths and depths (each overridable)")
+    run.add_argument("--model", default="smollm2-135m", help="catalogue name (default smollm2-135m)")
+    run.add_argument("--model-path", default=None, help="local model folder or .gguf file")
+    run.add_argument("--lengths", type=_ints, help="fidelity lengths, e.g. 2k,4k,8k")
+    run.add_argument("--samples", type=int, help="essay windows per fidelity length")
+    run.add_argument("--needle-lengths", type=_ints, help="needle prompt lengths, e.g. 1k,2k")
+    run.add_argument("--depths", type=_floats, help="needle depths in [0, 1], e.g. 0,0.5,1")
+    run.add_argument("--alphas", type=_floats, default=[0.8, 0.9, 0.95])
+    run.add_argument("--window-ratio", type=float, default=0.08)
+    run.add_argument("--sample-ratio", type=float, default=0.05)
+    run.add_argument("--baselines", default="window,streamingllm,bigbird,vertical_slash",
+                     help="comma-separated baselines ('' for none)")
+    run.add_argument("--match-alphas", type=_floats, default=None,
+                     help="alphas whose densities the baselines match (default: every alpha)")
+    run.add_argument("--oracle-alphas", type=_floats, default=[0.95, 0.99])
+    run.add_argument("--estimator", action="store_true", help="also the pooled-query estimator prototype")
+    run.add_argument("--profile-store", default=None, help="profile store URL: adds the tuned profile's row")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    run.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    run.add_argument("--tasks", default="fidelity,needle", help="fidelity, needle, or both")
+    run.add_argument("--max-mask-length", type=int, default=8192,
+                     help="longest input for the dense-mask methods (vertical-slash, oracle)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", required=True, help="output folder")
+    rep = sub.add_parser("report", help="merge results.json files into one table and plots")
+    rep.add_argument("inputs", nargs="+", help="results.json files or folders holding one")
+    rep.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .report import load_results, merge_results, write_outputs
+
+    if args.command == "report":
+        merged = merge_results([load_results(p) for p in args.inputs])
+        write_outputs(merged, args.out)
+        print((__import__("pathlib").Path(args.out) / "table.md").read_text())
+        return 0
+    from .runner import EvalSettings, run_eval
+
+    lengths, samples, needle_lengths, depths = FORMS[args.form]
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    settings = EvalSettings(
+        model=args.model, model_path=args.model_path, lengths=args.lengths or lengths,
+        samples=args.samples or samples, needle_lengths=args.needle_lengths or needle_lengths,
+        depths=args.depths if args.depths is not None else depths, alphas=args.alphas,
+        window_ratio=args.window_ratio, sample_ratio=args.sample_ratio,
+        baselines=[b for b in args.baselines.split(",") if b], match_alphas=args.match_alphas,
+        oracle_alphas=args.oracle_alphas, estimator=args.estimator, profile_store=args.profile_store,
+        device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
+        max_mask_length=args.max_mask_length, tasks=[t for t in args.tasks.split(",") if t],
+    )
+    t0 = time.time()
+    result = run_eval(settings, log=lambda m: print(m, flush=True))
+    result.meta["seconds"] = round(time.time() - t0, 1)
+    result.meta["command"] = "python -m sampleattn.eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary = write_outputs(result.to_dict(), args.out)
+    print()
+    print((__import__("pathlib").Path(args.out) / "table.md").read_text())
+    print(json.dumps({"seconds": result.meta["seconds"], "out": args.out,
+                      "methods": len({r['method'] for r in summary['fidelity']})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
