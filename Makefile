@@ -29,8 +29,12 @@ test: $(BIN)/.installed
 	eval "$$pg_env"; \
 	$(BIN)/python -m pytest -q
 
+# The embedded default on the CPU: SmolLM2-135M, the essays, 1K and 2K tokens, a few minutes on
+# 2 cores. Override TUNE_ARGS for more (docs/tuner.md), e.g. on a GPU:
+#   make tune TUNE_ARGS="--model smollm2-135m --lengths 8k,32k --trials 60 --device cuda"
+TUNE_ARGS ?= --model smollm2-135m --lengths 1k,2k --trials 24 --samples 2 --device cpu --plot tune-pareto.png
 tune: $(BIN)/.installed
-	$(BIN)/python -m sampleattn.demo
+	$(BIN)/sattn-tune $(TUNE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,6 +12,11 @@ neither torch nor transformers)::
 
 Modules: `catalog` (ModelSpec, CATALOG), `models` (load_model), `capture` (capture_qkv),
 `calibration` (text, windows, cache, synthetic calibration).
+
+Search side (docs/tuner.md): `search` (`tune(TuneOptions(...))`, the driver), `workers` (Ray
+actors), `evaluate` (a trial's evaluation), `objectives` (search space, budget, per-layer
+assignment), `report` (summary, plot), `cli` (``sattn-tune``); ray and optuna are imported only
+when a search runs.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ _EXPORTS = {
     "load_calibration_file": "sampleattn.tuner.calibration",
     "synthetic_calibration": "sampleattn.tuner.calibration",
     "text_fingerprint": "sampleattn.tuner.calibration",
+    "TuneOptions": "sampleattn.tuner.search",
+    "TuneReport": "sampleattn.tuner.search",
+    "tune": "sampleattn.tuner.search",
 }
 
 __all__ = sorted(_EXPORTS)

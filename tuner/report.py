@@ -36,8 +36,8 @@ def format_summary(report: Any) -> str:
     notes = [
         f"budget: {error} <= {report.max_error:g}; chosen = fastest feasible trial ('*': per-layer stage, "
         "'layers' = layers with their own alpha/window)",
-        f"{report.evaluated} trial(s) evaluated in {report.seconds:.0f} s on {report.workers} worker(s) "
-        f"({report.trials_per_hour:.0f} trials/hour)"
+        f"{report.evaluated} trial(s) evaluated in {report.search_seconds:.0f} s of search on {report.workers} "
+        f"worker(s) ({report.trials_per_hour:.0f} trials/hour); {report.seconds:.0f} s in all"
         + (f"; {report.replaced_workers} worker(s) replaced" if report.replaced_workers else ""),
     ]
     for r in report.lengths:
@@ -50,9 +50,11 @@ def format_summary(report: Any) -> str:
 
 def print_summary(report: Any, out: TextIO) -> None:
     print(format_summary(report), file=out)
+    model = report.run.split("/")[0]
+    first = format_length(report.lengths[0].length) if report.lengths else "<length>"
     print(f"\nstore: {report.store_url}\nrun:   {report.run}\n"
-          f"see:   sattn-store pareto --store {report.store_url} "
-          f"{report.run.split('/')[0]} --length <L>  |  sattn-store show ...", file=out)
+          f"see:   sattn-store --store {report.store_url} show {model}\n"
+          f"       sattn-store --store {report.store_url} pareto {model} --length {first}", file=out)
 
 
 def plot_pareto(report: Any, path: str) -> str:

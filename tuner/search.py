@@ -139,8 +139,14 @@ class TuneReport:
     replaced_workers: int = 0
 
     @property
+    def search_seconds(self) -> float:
+        """Time spent in the searches (calibration capture and model loading excluded)."""
+        return sum(r.seconds for r in self.lengths)
+
+    @property
     def trials_per_hour(self) -> float:
-        return self.evaluated / self.seconds * 3600 if self.seconds > 0 else 0.0
+        """Evaluated trials per hour of search: the throughput to compare across worker counts."""
+        return self.evaluated / self.search_seconds * 3600 if self.search_seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ names

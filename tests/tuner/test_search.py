@@ -99,3 +99,20 @@ def test_failing_trial_and_dead_worker(ray_cluster, tmp_path, monkeypatch):
         assert profile.calibration_kind == "synthetic"
         with pytest.raises(LookupError):  # never picked for a real model unless asked
             store.get_profile(MODEL, 512)
+
+
+def test_model_objective_on_real_model(smollm2, essays, tmp_path):
+    """``--objective model``: KL and top-1 of the logits of a patched prefill vs full attention."""
+    pytest.importorskip("sampleattn.integrations.transformers")
+    from sampleattn.config import ModelAttentionProfile, SampleAttentionConfig
+    from sampleattn.tuner.calibration import CalibrationCache
+    from sampleattn.tuner.evaluate import ModelEvaluator
+
+    model, tokenizer = smollm2
+    sample = CalibrationCache(tmp_path / "cache").get_or_capture(model, tokenizer, text=essays, length=512, sample=0)
+    evaluator = ModelEvaluator(model, [sample], device="cpu")
+    dense = evaluator.evaluate(ModelAttentionProfile(config=SampleAttentionConfig(dense_below=1024)))
+    assert dense["kl_divergence"] < 1e-4 and dense["top1_agreement"] == 1.0
+    sparse = evaluator.evaluate(ModelAttentionProfile(config=SampleAttentionConfig(
+        alpha=0.8, window_ratio=0.01, sample_ratio=0.02, dense_below=0)))
+    assert sparse["kl_divergence"] > dense["kl_divergence"] and 0.0 <= sparse["top1_agreement"] <= 1.0
