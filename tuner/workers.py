@@ -190,7 +190,7 @@ class WorkerPool:
         kind = "gpu" if self.device == "cuda" else "cpu"
         name = f"{kind}-actor-{self._created}"
         self._created += 1
-        actor = self._cls.remote(name, self.device, self.cpus if self.device == "cpu" else None)
+        actor = self._cls.remote(name, self.device, self.cpus)
         return actor, name
 
     def __len__(self) -> int:

@@ -97,6 +97,7 @@ def test_resume_after_kill(ray_cluster, tmp_path):
     result = _run(args, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "re-queued" in result.stdout
+    assert f"run:   {run}" in result.stdout and "latency_ms (estimated)" in result.stdout  # the summary
 
     with ProfileStore(store_path, readonly=True) as store:
         trials = store.trials(run)
@@ -104,7 +105,8 @@ def test_resume_after_kill(ray_cluster, tmp_path):
         assert numbers == list(range(len(numbers)))  # trial numbers go on, none duplicated
         interrupted = [t for t in trials if t.state == "failed" and t.error_message.startswith("interrupted")]
         evaluated = [t for t in trials if t not in interrupted]
-        assert len(interrupted) == killed_with.count("running") >= 1
+        # the trials running at the kill (one may have finished in the same instant)
+        assert 1 <= len(interrupted) <= killed_with.count("running")
         assert len(evaluated) == 10 and all(t.state == "complete" for t in evaluated)
         assert len(trials) == 10 + len(interrupted)
         # each interrupted trial's parameters were evaluated again later

@@ -100,6 +100,13 @@ def test_failing_trial_and_dead_worker(ray_cluster, tmp_path, monkeypatch):
         with pytest.raises(LookupError):  # never picked for a real model unless asked
             store.get_profile(MODEL, 512)
 
+    from sampleattn.tuner.report import format_summary, plot_pareto
+
+    summary = format_summary(report)
+    assert summary.splitlines()[2].startswith("512") and "1 worker(s) replaced" in summary
+    png = plot_pareto(report, str(tmp_path / "pareto.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
 
 def test_model_objective_on_real_model(smollm2, essays, tmp_path):
     """``--objective model``: KL and top-1 of the logits of a patched prefill vs full attention."""
