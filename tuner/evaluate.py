@@ -179,6 +179,9 @@ class LayerEvaluator:
         device: ``"cpu"`` or ``"cuda"`` (the tensors are moved there once).
         rows_per_layer: rows per (sample, layer) on which the error is measured.
         seed: seed of the row subsets (fixed for the life of the evaluator, hence of the run).
+        plan_backend: ``"triton"`` (`sampleattn.planning.plan`, the kernels) or ``"torch"``
+            (`sampleattn.reference.plan_ref`); default: triton on a GPU, torch on the CPU (the
+            kernels run there only under Triton's interpreter, far too slowly for a search).
 
     The tensors stay in memory: float32 on the CPU, float16 on a GPU (what the kernels take).
     The exact outputs of the row subsets are computed here, once.
@@ -192,15 +195,19 @@ class LayerEvaluator:
         device: str = "cpu",
         rows_per_layer: int = DEFAULT_ROWS_PER_LAYER,
         seed: int = 0,
+        plan_backend: str | None = None,
     ) -> None:
         import torch
 
         from sampleattn.reference import attention_rows_ref
 
+        if plan_backend not in (None, "triton", "torch"):
+            raise ValueError(f"plan_backend={plan_backend!r}; choose 'triton' or 'torch'")
         if not samples:
             raise ValueError("no calibration sample to evaluate on")
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        self.plan_backend = plan_backend or ("triton" if self.cuda else "torch")
         self.layers = list(layers) if layers is not None else list(samples[0].layers)
         dtype = torch.float16 if self.cuda else torch.float32
         # data[s][layer] = (q, k, v, rows, exact)
@@ -237,7 +244,7 @@ class LayerEvaluator:
         return measure_cpu_ms(lambda: dense_attention(q, k, v))
 
     def _plan(self, q, k, config, heads):
-        if self.cuda:
+        if self.plan_backend == "triton":
             from sampleattn.planning import plan
 
             return plan(q, k, config, heads=heads)

@@ -90,3 +90,21 @@ def test_per_layer_profile_overrides_only_changed_layers():
 def test_budget():
     b = Budget(max_error=0.07, min_retained_mass=0.8)
     assert b.feasible(0.05, 0.9) and not b.feasible(0.08, 0.9) and not b.feasible(0.05, 0.7)
+
+
+def test_triton_plan_gives_the_reference_error():
+    """The GPU path plans with the Triton kernels: same error as the PyTorch plan (interpreter on the CPU)."""
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernels need a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    samples = synthetic_calibration((1, 4, 2, 64), 256, 1, seed=2)
+    profile = ModelAttentionProfile(config=SampleAttentionConfig(alpha=0.9, window_ratio=0.05, sample_ratio=0.1,
+                                                                 dense_below=0))
+    ref = LayerEvaluator(samples, device=device, rows_per_layer=32, plan_backend="torch").evaluate(
+        profile, time_layers=False)
+    tri = LayerEvaluator(samples, device=device, rows_per_layer=32, plan_backend="triton").evaluate(
+        profile, time_layers=False)
+    assert tri.rel_error == pytest.approx(ref.rel_error, rel=0.05, abs=2e-3)
+    assert tri.density == pytest.approx(ref.density, rel=0.05)
