@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 FORMS = {
     # lengths, samples, needle lengths, depths
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", default="fidelity,needle", help="fidelity, needle, or both")
     run.add_argument("--max-mask-length", type=int, default=8192,
                      help="longest input for the dense-mask methods (vertical-slash, oracle)")
+    run.add_argument("--needle-methods", default=None,
+                     help="families run on the needle task, e.g. full,sample_attention,window (default all)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", required=True, help="output folder")
     rep = sub.add_parser("report", help="merge results.json files into one table and plots")
@@ -96,12 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         oracle_alphas=args.oracle_alphas, estimator=args.estimator, profile_store=args.profile_store,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
         max_mask_length=args.max_mask_length, tasks=[t for t in args.tasks.split(",") if t],
+        needle_methods=args.needle_methods.split(",") if args.needle_methods else None,
     )
     t0 = time.time()
-    result = run_eval(settings, log=lambda m: print(m, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_partial(partial) -> None:  # a run cut off (time limit) keeps its rows
+        (out / "results.partial.json").write_text(json.dumps(partial.to_dict(), default=str))
+
+    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial)
     result.meta["seconds"] = round(time.time() - t0, 1)
     result.meta["command"] = "python -m sampleattn.eval " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = write_outputs(result.to_dict(), args.out)
+    (out / "results.partial.json").unlink(missing_ok=True)
     print()
     print((__import__("pathlib").Path(args.out) / "table.md").read_text())
     print(json.dumps({"seconds": result.meta["seconds"], "out": args.out,

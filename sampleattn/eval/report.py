@@ -157,10 +157,12 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out_dir: Path) -> list
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
-    """A results.json written by `write_outputs` (or a folder holding one)."""
+    """A results.json written by `write_outputs`, or a folder holding one (or, from a run that
+    was cut off, its results.partial.json)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "results.json"
+        full = path / "results.json"
+        path = full if full.exists() else path / "results.partial.json"
     return json.loads(path.read_text())
 
 

@@ -61,6 +61,7 @@ class EvalSettings:
     max_mask_length: int = 8192  # dense-mask methods (vertical-slash, oracle) up to this length
     rope_scaling: str = "yarn"
     tasks: list[str] = field(default_factory=lambda: ["fidelity", "needle"])
+    needle_methods: list[str] | None = None  # families run on the needle task (None: all)
 
     def matched(self) -> list[float]:
         return list(self.alphas if self.match_alphas is None else self.match_alphas)
@@ -209,11 +210,13 @@ def _mean_density(per_layer: dict[int, float]) -> float:
 
 
 def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
-             model: Any = None, tokenizer: Any = None) -> EvalResult:
+             model: Any = None, tokenizer: Any = None,
+             on_row: Callable[[EvalResult], None] | None = None) -> EvalResult:
     """Run the evaluation described by ``settings``; returns every measured row.
 
     ``model``/``tokenizer``: an already loaded model without RoPE scaling (used for the lengths
-    within its trained context; longer lengths load their own).
+    within its trained context; longer lengths load their own). ``on_row(result)`` is called
+    after every measured row (the CLI writes the results so far, so a cut-off run keeps them).
     """
     from sampleattn.tuner.calibration import calibration_windows, essays_text
 
@@ -240,9 +243,14 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
                     record: Callable[[MethodSpec, Any, dict[int, float], float], None]) -> None:
         model = models.get(length)[0]
         measured: dict[str, dict[int, float]] = {}
+        wanted = settings.needle_methods if kind == "needle" else None
         for spec in specs:
             if spec.mask_based and length > settings.max_mask_length:
                 continue
+            if wanted is not None and spec.family not in wanted and spec.name not in wanted:
+                if not any(other.matched_to == spec.name for other in specs
+                           if other.family in wanted):
+                    continue
             targets = measured.get(spec.matched_to) if spec.matched_to else None
             if spec.matched_to and not targets:
                 continue
@@ -252,6 +260,8 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
                 out, densities = _run(model, spec, operator, lambda: body(model, spec))
             measured[spec.name] = densities
             record(spec, out, densities, time.time() - t0)
+            if on_row is not None:
+                on_row(result)
 
     if "fidelity" in settings.tasks:
         for length in settings.lengths:
