@@ -376,7 +376,7 @@ def _run_trials(
 ) -> None:
     """Evaluate trials until ``n_target`` (complete + failed, interrupted not counted) are done."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayError
     from tqdm.auto import tqdm
 
     counts = _counts(study, combined=combined)
@@ -402,7 +402,8 @@ def _run_trials(
                     trial.set_user_attr("combined", True)
                     trial.set_user_attr("fixed_params", params)
                 ctx.store.record_trial(ctx.run, trial.number, seq_len=length, state="running",
-                                       params=params, config=profile, worker=pool.name(index), study=name)
+                                       params=params if combined else dict(trial.params), config=profile,
+                                       worker=pool.name(index), study=name)
                 inject = ("crash" if trial.number in ctx.inject["crash"] else
                           "fail" if trial.number in ctx.inject["fail"] else None)
                 ref = pool.actors[index].evaluate.remote(trial.number, profile_json, inject=inject)
@@ -418,6 +419,9 @@ def _run_trials(
                 out = {"ok": False, "error": f"worker {pool.name(index)} died ({first}); it was replaced",
                        "worker": pool.name(index)}
                 pool.replace(index)
+            except RayError as exc:  # the task was lost, not the worker: fail the trial, go on
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                out = {"ok": False, "error": f"{type(exc).__name__}: {first}", "worker": pool.name(index)}
             trial.set_user_attr("worker", out.get("worker"))
             if out.get("device"):
                 trial.set_user_attr("device", out["device"])
