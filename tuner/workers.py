@@ -92,6 +92,13 @@ class TrialWorker:
         from .evaluate import LayerEvaluator, ModelEvaluator
 
         started = time.perf_counter()
+        for sample in samples:
+            path = getattr(sample, "path", None)
+            if path is not None and not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"worker {self.name} on {socket.gethostname()} cannot see the calibration cache folder "
+                    f"{path}: on a multi-machine Ray cluster, put the cache (--cache-dir) on a shared file system"
+                )
         self.layer_eval = self.model_eval = None
         if self.device == "cuda":
             torch.cuda.empty_cache()
