@@ -174,3 +174,19 @@ def test_from_profile_loads_a_stored_profile(tmp_path):
     assert SampleAttention.from_profile("tiny", "4k", url).source.calibration_kind == "real"
     # Even with allow_synthetic, a real profile wins where the model has one (docs/store.md).
     assert SampleAttention.from_profile("tiny", "4k", url, allow_synthetic=True).config_for(0).alpha == 0.9
+
+
+def test_every_package_folder_is_installed():
+    """A wheel holds only the packages pyproject lists: every folder with an __init__.py under
+    the mapped top-level folders must be listed (a missing one imports from a checkout but not
+    from an installed wheel)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for package, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *relative.parts]) if relative.parts else package)
+    assert found - listed == set(), f"folders not listed in pyproject's packages: {sorted(found - listed)}"
