@@ -68,7 +68,7 @@ def sampled_row_stats(
 def column_scores(
     q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
     lse2: torch.Tensor, seg_blocks: torch.Tensor, *,
-    q_per_sel: int, scale: float, block_s: int, block_n: int = 64,
+    q_per_sel: int, scale: float, block_s: int, block_n: int = 64, min_window: int | None = None,
 ) -> torch.Tensor:
     """Column scores ``c_j = sum_r P_rj [j <= p_r - w]`` per selection head and segment.
 
@@ -76,6 +76,7 @@ def column_scores(
         q, k, rows, window: as in `sampled_row_stats`; lse2 its output.
         seg_blocks: (n_seg + 1,) int32 row-block boundaries of the segments.
         q_per_sel: query heads summed into one selection head (1 or Hq // Hkv).
+        min_window: ``window.min()`` when the caller knows it (saves a device synchronisation).
     Returns:
         scores: (B, Hsel, n_seg, Sk) fp32, Hsel = Hq // q_per_sel.
     """
@@ -87,7 +88,7 @@ def column_scores(
     # The first row block whose last row sees tile t outside the narrowest window: earlier
     # blocks contribute nothing to that tile, so its program starts there.
     last_rows = rows.view(-1, block_s).max(dim=1).values.to(torch.int64)
-    w_min = int(window.min().item())
+    w_min = int(window.min().item()) if min_window is None else min_window
     reach = seqlen_k - seqlen_q + last_rows - w_min  # last column each block can score
     tile_start = torch.arange(n_tiles, device=q.device, dtype=torch.int64) * block_n
     # Row blocks are in ascending order of rows, so `reach` is non-decreasing.

@@ -21,12 +21,18 @@ __all__ = [
     "ModelAttentionProfile",
     "SampleAttentionConfig",
     "SUPPORTED_HEAD_DIMS",
+    "ceil_ratio",
 ]
 
 GQAGranularity = Literal["query_head", "kv_head"]
 
 #: Head dimensions the Triton kernels are built for.
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 256)
+
+
+def ceil_ratio(ratio: float, length: int) -> int:
+    """``ceil(ratio * length)``, rounded first so that 0.08 * 100 = 8.000000000000002 gives 8."""
+    return int(-(-round(ratio * length, 9) // 1))
 
 
 class SampleAttentionConfig(BaseModel):
@@ -79,12 +85,11 @@ class SampleAttentionConfig(BaseModel):
 
     def window_size(self, seqlen_k: int) -> int:
         """Window width in keys for a key length: ``ceil(window_ratio * seqlen_k)``."""
-        # Round first so that 0.08 * 100 = 8.000000000000002 does not become 9.
-        return int(-(-round(self.window_ratio * seqlen_k, 9) // 1))
+        return ceil_ratio(self.window_ratio, seqlen_k)
 
     def sampled_rows(self, seqlen_q: int) -> int:
         """Number of query rows sampled: ``ceil(sample_ratio * seqlen_q)``."""
-        return max(1, int(-(-round(self.sample_ratio * seqlen_q, 9) // 1)))
+        return max(1, ceil_ratio(self.sample_ratio, seqlen_q))
 
 
 class HeadOverride(BaseModel):

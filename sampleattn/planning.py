@@ -7,12 +7,13 @@ and segment of query rows, a sorted list of column indices.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
-from .config import HeadOverride, SampleAttentionConfig
+from .config import HeadOverride, SampleAttentionConfig, ceil_ratio
 from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head, select_columns
 from .validation import check_qk, default_scale, kernel_backend_available
@@ -130,7 +131,7 @@ def head_parameters(
             alphas[head] = override.alpha
         if override.window_ratio is not None:
             ratios[head] = override.window_ratio
-    windows = [config.model_copy(update={"window_ratio": r}).window_size(seqlen_k) for r in ratios]
+    windows = [ceil_ratio(r, seqlen_k) for r in ratios]
     return torch.tensor(alphas, dtype=torch.float32), torch.tensor(windows, dtype=torch.int32)
 
 
@@ -220,22 +221,37 @@ def prepare_plan(
     q: torch.Tensor, k: torch.Tensor, config: SampleAttentionConfig, *, causal: bool,
     scale: float | None, heads: Mapping[int, HeadOverride] | None,
 ) -> PlanSetup:
-    """Validate the inputs and choose the per-head parameters, segments and sampled rows."""
+    """Validate the inputs and choose the per-head parameters, segments and sampled rows.
+
+    Everything but the scale depends only on the shapes, the config and the head overrides, so
+    it is cached: every layer of a model at one length reuses the same sampled-row tensors
+    instead of rebuilding and uploading them (host work that dominates short inputs).
+    """
     check_qk(q, k, causal=causal)
     batch, seqlen_q, nheads_q, _ = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
-    alpha, window = head_parameters(config, nheads_q, seqlen_k, heads)
+    head_items = tuple(sorted((heads or {}).items()))
+    shared = _shape_setup(config, head_items, nheads_q, seqlen_q, seqlen_k, str(q.device))
+    return PlanSetup(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q,
+                     nheads_kv=nheads_kv, scale=default_scale(q, scale),
+                     q_per_sel=nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1,
+                     **shared)
+
+
+@functools.lru_cache(maxsize=128)
+def _shape_setup(
+    config: SampleAttentionConfig, head_items: tuple, nheads_q: int, seqlen_q: int, seqlen_k: int,
+    device: str,
+) -> dict:
+    """The cached part of `prepare_plan` (tensors are never written after they are made)."""
+    alpha, window = head_parameters(config, nheads_q, seqlen_k, dict(head_items))
     segment_rows = segment_rows_for(config, seqlen_q)
     rows = choose_sampled_rows(
         seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
-        block=config.sample_block, segment_rows=segment_rows, device=q.device,
+        block=config.sample_block, segment_rows=segment_rows, device=device,
     )
-    return PlanSetup(
-        batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q, nheads_kv=nheads_kv,
-        scale=default_scale(q, scale),
-        q_per_sel=nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1,
-        alpha=alpha, window=window, window_dev=window.to(q.device), segment_rows=segment_rows, rows=rows,
-    )
+    return {"alpha": alpha, "window": window, "window_dev": window.to(device),
+            "segment_rows": segment_rows, "rows": rows}
 
 
 def select_and_report(
@@ -296,7 +312,8 @@ def plan(
     common = {"scale": setup.scale, "block_s": rows.block}
     # Stage 1: exact statistics of the sampled rows, then column scores.
     lse2, wmass = sampled_row_stats(q, k, rows.rows, window, **common)
-    scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel, **common)
+    scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
+                           min_window=int(setup.window.min()), **common)
     return select_and_report(
         setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores,
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(

@@ -20,22 +20,22 @@ __all__ = ["SampledRows", "choose_sampled_rows"]
 class SampledRows:
     """The sampled rows, laid out for the kernels.
 
+    The kernels process the rows in blocks of ``block`` slots (one program each); a block holds
+    rows of one segment only, and may hold several contiguous runs of sampled rows.
+
     Attributes:
         rows: (n_blocks * block,) int32 query-row indices, ascending, -1 for padding slots.
         seg_blocks: (n_seg + 1,) int32: row blocks of segment s are [seg_blocks[s], seg_blocks[s+1]).
         block_seg: (n_blocks,) int32 segment of each row block.
-        block: rows per block.
+        block: rows (slots) per kernel block.
+        valid_rows: (n_rows,) int64 the sampled row indices without padding.
     """
 
     rows: torch.Tensor
     seg_blocks: torch.Tensor
     block_seg: torch.Tensor
     block: int
-
-    @property
-    def valid_rows(self) -> torch.Tensor:
-        """(n_rows,) int64 the sampled row indices without padding."""
-        return self.rows[self.rows >= 0].to(torch.int64)
+    valid_rows: torch.Tensor
 
 
 def _blocks_in_range(lo: int, hi: int, n_rows: int, block: int) -> list[list[int]]:
@@ -108,4 +108,5 @@ def choose_sampled_rows(
         seg_blocks=torch.tensor(seg_blocks, dtype=torch.int32, device=device),
         block_seg=torch.tensor(block_seg, dtype=torch.int32, device=device),
         block=block,
+        valid_rows=torch.tensor([r for r in flat if r >= 0], dtype=torch.int64, device=device),
     )
