@@ -27,7 +27,7 @@ test: $(BIN)/.installed
 		echo "make test: PostgreSQL could not be started; its store cases will be skipped" >&2; \
 		if [ -n "$${CI:-}" ]; then exit 1; fi; }; \
 	eval "$$pg_env"; \
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The embedded default on the CPU: SmolLM2-135M, the essays, 1K and 2K tokens, a few minutes on
 # 2 cores. Override TUNE_ARGS for more (docs/tuner.md), e.g. on a GPU:
