@@ -181,7 +181,8 @@ def summarize_rows(
     counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
     slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
     n_seg = rows.seg_blocks.numel() - 1
-    onehot = torch.nn.functional.one_hot(slot_seg, n_seg).to(torch.float32)  # (n_slots, n_seg)
+    # (n_slots, n_seg); a comparison, not F.one_hot, whose range check synchronises the GPU
+    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=device).view(1, -1)).to(torch.float32)
     weight = counted.to(torch.float32)
     window_sum = torch.einsum("bhs,sg->bhg", wmass * weight, onehot)
     n_counted = torch.einsum("bhs,sg->bhg", weight, onehot)
@@ -200,7 +201,9 @@ def summarize_rows(
 class PlanSetup:
     """What both plan implementations (kernels and reference) derive from the inputs first.
 
-    alpha (Hq,) fp32 and window (Hq,) int32 live on the CPU; window_dev is window on q's device.
+    alpha (Hq,) fp32 and window (Hq,) int32 live on the CPU; window_dev is window on q's device;
+    alpha_sel_dev (Hsel,) and reach_dev (Hsel, n_seg) are the selection's inputs on q's device,
+    made once (a small host-to-device copy from pageable memory synchronises the stream).
     """
 
     batch: int
@@ -215,6 +218,9 @@ class PlanSetup:
     window_dev: torch.Tensor
     segment_rows: int
     rows: SampledRows
+    min_window: int
+    alpha_sel_dev: torch.Tensor
+    reach_dev: torch.Tensor
 
 
 def prepare_plan(
@@ -231,27 +237,30 @@ def prepare_plan(
     batch, seqlen_q, nheads_q, _ = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     head_items = tuple(sorted((heads or {}).items()))
-    shared = _shape_setup(config, head_items, nheads_q, seqlen_q, seqlen_k, str(q.device))
+    shared = _shape_setup(config, head_items, nheads_q, nheads_kv, seqlen_q, seqlen_k, str(q.device))
     return PlanSetup(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q,
-                     nheads_kv=nheads_kv, scale=default_scale(q, scale),
-                     q_per_sel=nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1,
-                     **shared)
+                     nheads_kv=nheads_kv, scale=default_scale(q, scale), **shared)
 
 
 @functools.lru_cache(maxsize=128)
 def _shape_setup(
-    config: SampleAttentionConfig, head_items: tuple, nheads_q: int, seqlen_q: int, seqlen_k: int,
-    device: str,
+    config: SampleAttentionConfig, head_items: tuple, nheads_q: int, nheads_kv: int, seqlen_q: int,
+    seqlen_k: int, device: str,
 ) -> dict:
     """The cached part of `prepare_plan` (tensors are never written after they are made)."""
+    q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
     alpha, window = head_parameters(config, nheads_q, seqlen_k, dict(head_items))
     segment_rows = segment_rows_for(config, seqlen_q)
+    min_window = int(window.min())
     rows = choose_sampled_rows(
-        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=int(window.min()),
+        seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=min_window,
         block=config.sample_block, segment_rows=segment_rows, device=device,
     )
-    return {"alpha": alpha, "window": window, "window_dev": window.to(device),
-            "segment_rows": segment_rows, "rows": rows}
+    reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                              segment_rows=segment_rows, q_per_sel=q_per_sel)
+    return {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window.to(device),
+            "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
+            "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device)}
 
 
 def select_and_report(
@@ -267,13 +276,12 @@ def select_and_report(
             the selected columns left of its window (computed by the caller's own means).
     """
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
-    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows, setup.window,
-                                                 **shape)
-    reach = reach_per_segment(setup.window, setup.rows, segment_rows=setup.segment_rows, **shape)
-    col_idx, col_count = select_columns(scores, window_sum, n_counted,
-                                        selection_alpha(setup.alpha, setup.q_per_sel), reach=reach)
+    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
+                                                 setup.window_dev, **shape)
+    col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
+                                        reach=setup.reach_dev)
     stripe = stripe_mass_of(col_idx, col_count)
-    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window, **shape)
+    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
@@ -313,7 +321,7 @@ def plan(
     # Stage 1: exact statistics of the sampled rows, then column scores.
     lse2, wmass = sampled_row_stats(q, k, rows.rows, window, **common)
     scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
-                           min_window=int(setup.window.min()), **common)
+                           min_window=setup.min_window, **common)
     return select_and_report(
         setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores,
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(

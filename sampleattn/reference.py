@@ -110,7 +110,7 @@ def plan_ref(
     # Column scores per selection head and segment.
     slot_seg = rows.block_seg.to(q.device, torch.int64).repeat_interleave(rows.block)
     n_seg = rows.seg_blocks.numel() - 1
-    onehot = torch.nn.functional.one_hot(slot_seg, n_seg).to(torch.float32)
+    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=q.device).view(1, -1)).to(torch.float32)
     scores = torch.einsum("bhsk,sg->bhgk", p_out, onehot)
     scores = scores.view(setup.batch, -1, setup.q_per_sel, n_seg, setup.seqlen_k).sum(dim=2)
 
