@@ -181,7 +181,7 @@ class _PlanBaseline:
         check_qkv(q, k, v)
         scale = default_scale(q, scale)
         plan = self.make_plan(q, k, layer=layer, scale=scale)
-        out = sparse_attention(q, k, v, plan, block_m=self.block_m, backend=self.backend)
+        out = sparse_attention(q, k, v, plan, backend=self.backend)  # the launcher picks the tile
         return (out, plan) if return_plan else out
 
     def _geometry(self, q: torch.Tensor, k: torch.Tensor) -> dict:
