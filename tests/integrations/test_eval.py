@@ -38,3 +38,9 @@ def test_small_eval_writes_the_table(smollm2, tmp_path):
     assert len(summary["fidelity"]) == len(methods)
     assert model.config._attn_implementation == "sdpa"
 
+    # the CLI merges runs (e.g. fidelity and needle run as separate GPU commands) into one report
+    from sampleattn.eval.__main__ import main
+
+    assert main(["report", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
+    assert {r["method"] for r in merged["fidelity"]} == methods
