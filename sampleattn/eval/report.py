@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["load_results", "markdown", "merge_results", "plot", "summarize", "write_outputs"]
 
-FAMILY_ORDER = ["full", "sample_attention", "profile", "pooled", "oracle", "window", "streamingllm", "bigbird",
+FAMILY_ORDER = ["full", "sample_attention", "profile", "pooled", "rescored", "oracle", "window", "streamingllm", "bigbird",
                 "vertical_slash"]
 
 
@@ -102,7 +102,7 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out_dir: Path) -> list
     lengths = sorted({r["length"] for r in summary["fidelity"]})
     if lengths:
         fig, axes = plt.subplots(2, len(lengths), figsize=(5.5 * len(lengths), 8), squeeze=False)
-        markers = {"sample_attention": "o", "profile": "*", "pooled": "D", "oracle": "P", "window": "s",
+        markers = {"sample_attention": "o", "profile": "*", "pooled": "D", "rescored": "h", "oracle": "P", "window": "s",
                    "streamingllm": "^", "bigbird": "v", "vertical_slash": "X"}
         for col, length in enumerate(lengths):
             rows = [r for r in summary["fidelity"] if r["length"] == length and r["family"] != "full"]

@@ -11,8 +11,8 @@ on the same model through `sampleattn.integrations.transformers.patch_model`:
 4. each baseline ``<name> ~a=<alpha>``, with per-layer target densities equal to what
    SampleAttention at that alpha measured on the same input (matched density);
 5. ``oracle a=<alpha>``: the unstructured per-row best (its own density);
-6. ``pooled a=<alpha>`` (with ``estimator=True``): the prototype estimator of
-   `sampleattn.eval.estimator`.
+6. ``pooled a=<alpha>`` and ``rescored a=<alpha>`` (with ``estimator=True``): the prototype
+   estimators of `sampleattn.eval.estimator` (re-scored with ``candidate_alpha=0.999``).
 
 Results are rows (dicts) collected in `EvalResult`; `sampleattn.eval.report` writes them.
 """
@@ -131,7 +131,7 @@ def method_specs(settings: EvalSettings, *, profile_operator: Any = None) -> lis
         specs.append(MethodSpec(f"oracle a={alpha:g}", "oracle", alpha,
                                 lambda _t, a=alpha: bl.OracleBaseline(a), mask_based=True))
     if settings.estimator:
-        from .estimator import PooledSampleAttention
+        from .estimator import PooledSampleAttention, RescoredSampleAttention
 
         for alpha in settings.alphas:
             specs.append(MethodSpec(
@@ -139,6 +139,12 @@ def method_specs(settings: EvalSettings, *, profile_operator: Any = None) -> lis
                 lambda _t, a=alpha: PooledSampleAttention(
                     alpha=a, window_ratio=settings.window_ratio, sample_ratio=settings.sample_ratio,
                     pool=settings.estimator_pool, backend=backend)))
+        for alpha in settings.alphas:  # dense stage B in the prototype: a dense-mask-sized method
+            specs.append(MethodSpec(
+                f"rescored a={alpha:g}", "rescored", alpha,
+                lambda _t, a=alpha: RescoredSampleAttention(
+                    alpha=a, candidate_alpha=0.999, window_ratio=settings.window_ratio,
+                    sample_ratio=settings.sample_ratio, backend=backend), mask_based=True))
     return specs
 
 

@@ -36,3 +36,14 @@ def test_pooled_plan_runs_and_is_exact_at_alpha_one(mix):
     assert 0 < plan.mean_density < 1 and torch.isfinite(out).all()
     exact = PooledSampleAttention(alpha=1.0, window_ratio=1.0, mix=mix, backend="torch")(q, k, v)
     torch.testing.assert_close(exact, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_rescored_subset_of_candidates_and_exact_at_alpha_one():
+    from sampleattn.eval.estimator import RescoredSampleAttention
+
+    q, k, v = qkv(512)
+    loose = RescoredSampleAttention(alpha=0.9, candidate_alpha=0.99, backend="torch").plan(q, k, 64 ** -0.5)
+    tight = RescoredSampleAttention(alpha=0.8, candidate_alpha=0.99, backend="torch").plan(q, k, 64 ** -0.5)
+    assert 0 < tight.mean_density <= loose.mean_density < 1
+    exact = RescoredSampleAttention(alpha=1.0, window_ratio=1.0, backend="torch")(q, k, v)
+    torch.testing.assert_close(exact, attention_ref(q, k, v), atol=1e-5, rtol=1e-5)
