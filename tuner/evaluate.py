@@ -150,20 +150,9 @@ def measure_cpu_ms(fn, *, warmup: int = 1, repeats: int = 3) -> float:
 
 def measure_cuda_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
     """Median time (ms) of ``fn()`` on the current CUDA device, timed with CUDA events."""
-    import torch
+    from sampleattn.timing import cuda_ms
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_ms(fn, warmup=warmup, repeat=repeats)
 
 
 # ------------------------------------------------------------------------------------------ layers
