@@ -105,8 +105,11 @@ def test_resume_after_kill(ray_cluster, tmp_path):
         assert numbers == list(range(len(numbers)))  # trial numbers go on, none duplicated
         interrupted = [t for t in trials if t.state == "failed" and t.error_message.startswith("interrupted")]
         evaluated = [t for t in trials if t not in interrupted]
-        # the trials running at the kill (one may have finished in the same instant)
-        assert 1 <= len(interrupted) <= killed_with.count("running")
+        # The trials running at the kill: at least the one seen running (unless it finished in
+        # the same instant, then its successor), at most one per worker (2 on the CPU), since
+        # a worker may start a new trial between the look at the store and the kill.
+        assert killed_with.count("running") >= 1
+        assert 1 <= len(interrupted) <= 2
         assert len(evaluated) == 10 and all(t.state == "complete" for t in evaluated)
         assert len(trials) == 10 + len(interrupted)
         # each interrupted trial's parameters were evaluated again later
