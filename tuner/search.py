@@ -323,7 +323,8 @@ def _store_state(state) -> str:
 def _record(ctx: _Ctx, frozen, name: str, length: int) -> None:
     """Write an Optuna trial to the store (idempotent upsert on run, study and number)."""
     attrs = frozen.user_attrs
-    params = {k: v for k, v in frozen.params.items()} or dict(attrs.get("fixed_params", {}))
+    params = ({k: v for k, v in frozen.params.items()} or dict(attrs.get("fixed_params", {}))
+              or dict(frozen.system_attrs.get("fixed_params", {})))
     ctx.store.record_trial(
         ctx.run, frozen.number, seq_len=length, state=_store_state(frozen.state), params=params,
         config=attrs.get("profile"), metrics=attrs.get("metrics"), worker=attrs.get("worker"),
@@ -342,9 +343,14 @@ def _recover(ctx: _Ctx, study, name: str, length: int) -> int:
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING:
             reason = "interrupted: the tuning driver stopped before the trial finished"
-            if t.params and not t.user_attrs.get("combined"):
+            # A trial killed right after `ask()` has no sampled params yet; if it was an
+            # enqueued one (the paper's default, the dense baseline, an earlier re-queue), its
+            # params still wait in Optuna's "fixed_params" and must not be lost. A sampled
+            # trial without params did no work: the sampler simply proposes again.
+            params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
+            if params and not t.user_attrs.get("combined"):
                 keep = {k: t.user_attrs[k] for k in ("baseline",) if k in t.user_attrs}
-                study.enqueue_trial(dict(t.params), user_attrs={**keep, "requeued_from": t.number})
+                study.enqueue_trial(params, user_attrs={**keep, "requeued_from": t.number})
                 reason += "; its parameters were re-queued"
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001
             storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001

@@ -112,8 +112,12 @@ def test_resume_after_kill(ray_cluster, tmp_path):
         assert 1 <= len(interrupted) <= 2
         assert len(evaluated) == 10 and all(t.state == "complete" for t in evaluated)
         assert len(trials) == 10 + len(interrupted)
-        # each interrupted trial's parameters were evaluated again later
+        # each interrupted trial's parameters were evaluated again later (a trial killed right
+        # after Optuna's ask(), before it sampled anything, has none: it did no work)
         for t in interrupted:
-            assert any(e.params == t.params and e.number > t.number for e in evaluated)
+            if t.params:
+                assert any(e.params == t.params and e.number > t.number for e in evaluated)
+            else:
+                assert "re-queued" not in t.error_message
         assert store.get_run(run).status == "complete"
         assert store.get_profile(MODEL, "2k", allow_synthetic=True).run == run
