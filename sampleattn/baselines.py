@@ -35,6 +35,7 @@ which is all the integration's records read.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -160,7 +161,7 @@ def _bisect(density_of, target: float, lo: float, hi: float, *, integer: bool, i
     return lo if abs(density_of(lo) - target) < abs(density_of(hi) - target) else hi
 
 
-class _PlanBaseline:
+class _PlanBaseline(ABC):
     """Shared call path of the plan-based baselines."""
 
     name = "plan"
@@ -172,8 +173,9 @@ class _PlanBaseline:
         self.block_m = block_m
         self.seed = seed
 
+    @abstractmethod
     def make_plan(self, q: torch.Tensor, k: torch.Tensor, *, layer: int, scale: float) -> SparsePlan:
-        raise NotImplementedError
+        """The baseline's plan for one call (each subclass's own rule)."""
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int = 0,
                  scale: float | None = None, return_plan: bool = False):
@@ -326,7 +328,7 @@ def _group_scores(q: torch.Tensor, k: torch.Tensor, kv: int, scale: float) -> to
     return s.masked_fill(j > i, float("-inf"))
 
 
-class _MaskBaseline:
+class _MaskBaseline(ABC):
     """Dense attention under a per-head boolean mask, one KV group at a time."""
 
     name = "mask"
@@ -334,9 +336,9 @@ class _MaskBaseline:
     def __init__(self, target_density: TargetDensity | None = None) -> None:
         self.target_density = target_density
 
+    @abstractmethod
     def group_mask(self, s: torch.Tensor, p: torch.Tensor, *, layer: int, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
         """(B, g, Sq, Sk) bool kept pairs from scores ``s`` and full probabilities ``p``."""
-        raise NotImplementedError
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int = 0,
                  scale: float | None = None, return_plan: bool = False):
