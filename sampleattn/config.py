@@ -117,7 +117,7 @@ class ModelAttentionProfile(BaseModel):
 
     ``layers`` maps a layer index to its override; ``LayerOverride.heads`` maps a query-head
     index to its override. Indices are validated against the model's geometry when the profile
-    is applied (`SampleAttention.check_geometry`).
+    is applied or stored (`check_geometry`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -135,6 +135,19 @@ class ModelAttentionProfile(BaseModel):
                 if head < 0:
                     raise ValueError(f"head index {head} of layer {index} is negative")
         return layers
+
+    def check_geometry(self, num_layers: int, nheads_q: int, *, model: str | None = None) -> None:
+        """Raise `ValueError` if an override names a layer or query head the model lacks."""
+        who = f"model {model}" if model else "the model"
+        for layer, override in self.layers.items():
+            if layer >= num_layers:
+                raise ValueError(f"the profile overrides layer {layer}, but {who} has {num_layers} layers")
+            for head in override.heads:
+                if head >= nheads_q:
+                    raise ValueError(
+                        f"the profile overrides head {head} of layer {layer}, but {who} has "
+                        f"{nheads_q} query heads"
+                    )
 
     def layer_config(self, layer: int) -> SampleAttentionConfig:
         """The config of one layer, with its override (not its head overrides) applied."""

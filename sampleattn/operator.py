@@ -113,17 +113,7 @@ class SampleAttention:
 
     def check_geometry(self, geometry: Geometry) -> None:
         """Raise if a layer or head override names a layer or head the model does not have."""
-        for layer, override in self.profile.layers.items():
-            if layer >= geometry.num_layers:
-                raise ValueError(
-                    f"the profile overrides layer {layer}, but the model has {geometry.num_layers} layers"
-                )
-            for head in override.heads:
-                if head >= geometry.nheads_q:
-                    raise ValueError(
-                        f"the profile overrides head {head} of layer {layer}, but the model has "
-                        f"{geometry.nheads_q} query heads"
-                    )
+        self.profile.check_geometry(geometry.num_layers, geometry.nheads_q)
 
     def config_for(self, layer: int) -> SampleAttentionConfig:
         """The config used for one layer."""

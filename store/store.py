@@ -1017,17 +1017,7 @@ def _as_profile(config: ModelAttentionProfile | SampleAttentionConfig | Mapping[
 
 
 def _check_geometry(profile: ModelAttentionProfile, model: ModelInfo) -> None:
-    for layer, override in profile.layers.items():
-        if layer >= model.num_layers:
-            raise ValueError(
-                f"the profile overrides layer {layer}, but model {model.name} has {model.num_layers} layers"
-            )
-        for head in override.heads:
-            if head >= model.num_q_heads:
-                raise ValueError(
-                    f"the profile overrides head {head} of layer {layer}, but model {model.name} has "
-                    f"{model.num_q_heads} query heads"
-                )
+    profile.check_geometry(model.num_layers, model.num_q_heads, model=model.name)
 
 
 def _trial_values(record: TrialRecord, run_id: int) -> dict[str, Any]:
