@@ -20,16 +20,11 @@ from sampleattn.timing import cuda_ms
 
 from sampleattn import SampleAttentionConfig, collect_env, plan, sample_attention, sparse_attention
 from sampleattn.planning import SparsePlan
-from sampleattn.reference import attention_ref, attention_rows_ref, plan_ref
+from sampleattn.reference import attention_ref, attention_rows_ref, plan_ref, relative_error
 from sampleattn.selection import density_per_head
 
 DEVICE = "cuda"
 
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    if torch.isnan(x).any():
-        return float("inf")
-    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30))
 
 
 def structured_inputs(seqlen, hq, hkv, d, dtype, seed=0):
@@ -87,7 +82,7 @@ def check_kernel(results, failures):
             mask = p.to_dense()
             golden = attention_ref(q.float(), k.float(), v.float(), scale=p.scale, mask=mask)
             same = attention_ref(q, k, v, scale=p.scale, mask=mask, upcast=False)
-            err, base = rel_err(out, golden), rel_err(same, golden)
+            err, base = relative_error(out, golden), relative_error(same, golden)
             ok = err <= 2 * base + 1e-5
             name = f"kernel {str(dtype)[6:]} b{b} {sq}x{sk} {hq}/{hkv} d{d}"
             results.append({"check": name, "error": err, "torch_same_dtype_error": base, "ok": ok})
@@ -103,7 +98,7 @@ def check_plan(results, failures):
                                        gqa_granularity=gran, dense_below=0)
         fast = plan(q, k, config, keep_scores=True)
         slow = plan_ref(q, k, config, keep_scores=True)
-        score_err = rel_err(fast.scores, slow.scores)
+        score_err = relative_error(fast.scores, slow.scores)
         count_diff = int((fast.col_count - slow.col_count).abs().max())
         ok = score_err < 2e-2 and count_diff <= max(2, int(0.02 * slow.col_count.max()))
         name = f"plan vs plan_ref bf16 2k {gran}"
@@ -126,10 +121,10 @@ def check_operator(results, failures, lengths):
             rows[-1] = seqlen - 1
             oracle = attention_rows_ref(q, k, v, rows, plan=p)
             full = attention_rows_ref(q, k, v, rows)
-            err = rel_err(out[:, rows], oracle)
+            err = relative_error(out[:, rows], oracle)
             ok = err < 1e-2 and not torch.isnan(out).any()
             name = f"operator bf16 {seqlen} 32/8 d128 {gran}"
-            results.append({"check": name, "error_vs_same_plan": err, "error_vs_full": rel_err(out[:, rows], full),
+            results.append({"check": name, "error_vs_same_plan": err, "error_vs_full": relative_error(out[:, rows], full),
                             "density": p.mean_density, "retained_mean": float(p.retained_mean.mean()),
                             "retained_min": float(p.retained_min.min()),
                             "selected_cols_mean": float(p.n_selected.float().mean()), "ok": ok})

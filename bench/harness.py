@@ -24,7 +24,7 @@ import torch
 from sampleattn.timing import cuda_ms
 
 from sampleattn import SampleAttentionConfig, plan, sparse_attention
-from sampleattn.reference import attention_rows_ref
+from sampleattn.reference import attention_rows_ref, relative_error
 
 __all__ = ["GEOMETRIES", "Case", "run_case", "make_inputs"]
 
@@ -87,11 +87,6 @@ def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, den
         return (qkv["q"].to(dtype).contiguous(), qkv["k"].to(dtype).contiguous(), qkv["v"].to(dtype).contiguous())
     raise ValueError(f"inputs={inputs!r}; choose 'synthetic' or 'smollm2-layerN'")
 
-
-def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    if torch.isnan(x).any():
-        return float("inf")
-    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30))
 
 
 def dense_baselines(q, k, v, *, repeat: int, flex: bool) -> dict[str, float | str | None]:
@@ -171,8 +166,8 @@ def run_case(case: Case, q, k, v, baselines: dict, *, error_rows: int = 256, rep
     rows = torch.randperm(case.seqlen, device="cuda")[:error_rows].sort().values
     rows[-1] = case.seqlen - 1
     exact = attention_rows_ref(q, k, v, rows)
-    row["error"] = _rel_err(out[:, rows], exact)
-    row["error_vs_own_plan"] = _rel_err(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p))
+    row["error"] = relative_error(out[:, rows], exact)
+    row["error_vs_own_plan"] = relative_error(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p))
     row["check_ok"] = bool(row["error_vs_own_plan"] < 2e-2 and not torch.isnan(out).any())
     row["density"] = p.mean_density
     row["retained_mean"] = float(p.retained_mean.mean())

@@ -25,7 +25,7 @@ from sampleattn.kernels import column_scores, sampled_row_stats, sparse_attentio
 from sampleattn.planning import (
     head_parameters, reach_per_segment, segment_rows_for, selection_alpha, summarize_rows,
 )
-from sampleattn.reference import attention_rows_ref
+from sampleattn.reference import attention_rows_ref, relative_error
 from sampleattn.sampling import choose_sampled_rows
 from sampleattn.selection import select_columns
 from sampleattn.synthetic import structured_qkv
@@ -34,11 +34,6 @@ TILES = [(64, 64, 4, 3), (64, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128,
          (128, 128, 8, 3), (128, 32, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2)]
 
 
-
-def rel_err(x, ref):
-    if torch.isnan(x).any():
-        return float("inf")
-    return float((x.double() - ref.double()).norm() / ref.double().norm())
 
 
 def sweep(seqlen, results):
@@ -61,7 +56,7 @@ def sweep(seqlen, results):
     oracle_plan = attention_rows_ref(q, k, v, rows, plan=p)
     results.append({"seqlen": seqlen, "what": "plan", "density": p.mean_density,
                     "retained_mean": float(p.retained_mean.mean()), "retained_min": float(p.retained_min.min()),
-                    "error_vs_full": rel_err(oracle_plan, oracle_full)})
+                    "error_vs_full": relative_error(oracle_plan, oracle_full)})
     for bm, bn, warps, stages in TILES:
         row = {"seqlen": seqlen, "what": f"tile {bm}x{bn} w{warps} s{stages}"}
         try:
@@ -69,14 +64,14 @@ def sweep(seqlen, results):
             run_full = lambda: sparse_attention_fwd(q, k, v, no_cols, full_window, segment_rows=seg, q_per_sel=1,
                                                     scale=128 ** -0.5, block_m=bm, block_n=bn,
                                                     num_warps=warps, num_stages=stages)[0]
-            row["full_err"] = rel_err(run_full()[:, rows], oracle_full)
+            row["full_err"] = relative_error(run_full()[:, rows], oracle_full)
             row["full_ms"] = cuda_ms(run_full)
             row["full_tflops"] = flops / row["full_ms"] / 1e9
             row["full_vs_cudnn"] = row["full_tflops"] / (flops / cudnn / 1e9)
             run_sparse = lambda: sparse_attention_fwd(q, k, v, p.col_idx, p.window, segment_rows=seg,
                                                       q_per_sel=p.q_per_sel, scale=p.scale, block_m=bm, block_n=bn,
                                                       num_warps=warps, num_stages=stages)[0]
-            row["sparse_err"] = rel_err(run_sparse()[:, rows], oracle_plan)
+            row["sparse_err"] = relative_error(run_sparse()[:, rows], oracle_plan)
             row["sparse_ms"] = cuda_ms(run_sparse)
         except Exception as error:  # a config that does not fit (shared memory) is reported, not fatal
             row["error"] = f"{type(error).__name__}: {str(error)[:160]}"

@@ -23,8 +23,17 @@ from .validation import check_qkv
 
 __all__ = [
     "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
-    "sample_attention_ref", "sparse_attention_ref",
+    "relative_error", "sample_attention_ref", "sparse_attention_ref",
 ]
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||x - ref|| / ||ref||`` in fp64 (method.md section 7); inf when ``x`` holds a NaN, so
+    that no tolerance check can pass on one."""
+    if torch.isnan(x).any():
+        return float("inf")
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm().clamp(min=1e-30))
 
 
 def causal_mask(seqlen_q: int, seqlen_k: int, device: torch.device | str = "cpu") -> torch.Tensor:

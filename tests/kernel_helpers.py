@@ -6,6 +6,7 @@ import torch
 
 from sampleattn.planning import SparsePlan
 from sampleattn.reference import attention_ref
+from sampleattn.reference import relative_error as rel_err
 from sampleattn.selection import density_per_head
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,14 +50,6 @@ def hand_plan(batch, seqlen_q, seqlen_k, nheads_q, nheads_kv, *, windows, column
         scale=scale, window=window, col_idx=col_idx, col_count=col_count, retained_mean=ones,
         retained_min=ones, density=density, sampled_rows=torch.zeros(0, dtype=torch.int64),
     )
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """||x - ref|| / ||ref|| in fp64; NaN anywhere fails the caller's check (returns inf)."""
-    if torch.isnan(x).any():
-        return float("inf")
-    x, ref = x.double(), ref.double()
-    return float((x - ref).norm() / ref.norm().clamp(min=1e-30))
 
 
 def assert_close_to_golden(out, q, k, v, mask, scale, *, factor=2.0, floor=1e-5):
