@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -147,7 +148,9 @@ def test_registered_name_builds_a_model(smollm2, window_1k, reference_logits):
     from sampleattn.integrations.transformers import set_default_operator
 
     register(exact_operator())
-    other = AutoModelForCausalLM.from_config(model.config, attn_implementation=IMPLEMENTATION)
+    # A copy of the config: from_config keeps the object it is given, and the session's model
+    # (shared with the other test folders) must stay on sdpa.
+    other = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), attn_implementation=IMPLEMENTATION)
     other.load_state_dict(model.state_dict())
     other.eval()
     assert other.config._attn_implementation == IMPLEMENTATION
@@ -157,4 +160,5 @@ def test_registered_name_builds_a_model(smollm2, window_1k, reference_logits):
     with attention_implementation(other, "sdpa"):
         assert other.config._attn_implementation == "sdpa"
     assert other.config._attn_implementation == IMPLEMENTATION
+    assert model.config._attn_implementation == "sdpa"
     set_default_operator(None)
