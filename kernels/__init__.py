@@ -1,12 +1,14 @@
 """Triton kernels of SampleAttention and their launchers.
 
 This package knows nothing of the rest of `sampleattn`: launchers take tensors and plain
-numbers. Stage 1 (`sampling`): sampled-row softmax statistics and column scores. Stage 3
+numbers. Stage 1 (`sampling`): sampled-row softmax statistics and column scores; the rescoring
+selection's passes (`rescoring`). Stage 3
 (`sparse_attention`): FlashAttention over a window band plus gathered key columns.
 """
 
 from __future__ import annotations
 
+from .rescoring import rescore_candidates
 from .sampling import column_scores, sampled_row_stats, stripe_mass
 from .sparse_attention import MAX_GRID_Y, columns_left_of_window, sparse_attention_fwd
 
@@ -14,6 +16,7 @@ __all__ = [
     "MAX_GRID_Y",
     "column_scores",
     "columns_left_of_window",
+    "rescore_candidates",
     "sampled_row_stats",
     "sparse_attention_fwd",
     "stripe_mass",

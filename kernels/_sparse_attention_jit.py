@@ -21,18 +21,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr):
+def _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr):
     """Fold one tile of log2-domain scores ``s`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
 
     Masked entries of ``s`` are -inf. A row whose running max is still -inf (nothing visible
-    yet) uses 0 as its reference, so ``exp2(-inf - -inf)`` (NaN) never happens.
+    yet) uses 0 as its reference, so ``exp2(-inf - -inf)`` (NaN) never happens. With
+    ``LSE_ONLY`` only the running max and sum are kept (``v`` and ``acc`` are not touched).
     """
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     rescale = tl.exp2(m_i - m_ref)
     p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * rescale + tl.sum(p, 1)
-    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    if not LSE_ONLY:
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -40,28 +42,29 @@ def _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr):
 def _band_tiles(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w, seqlen_k, start, end,
     offs_d, d_mask, qk_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr,
 ):
     """Attend to the key tiles [start, end) of the window band; ``start`` is tile-aligned."""
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         if MASKED:
             n_mask = offs_n < seqlen_k
-            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
-                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-            v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            kv_mask = n_mask[:, None] & d_mask[None, :]
         else:
-            k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
-                        mask=d_mask[None, :], other=0.0)
+            kv_mask = d_mask[None, :]
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
+                    mask=kv_mask, other=0.0)
+        if LSE_ONLY:
+            v = k  # unused
+        else:
             v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
-                        mask=d_mask[None, :], other=0.0)
+                        mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
             keep = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - w)
             keep = keep & n_mask[None, :]
             s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
     return acc, m_i, l_i
 
 
@@ -76,9 +79,9 @@ def sparse_attention_fwd_kernel(
     stride_cb, stride_ch, stride_cs,
     stride_eb, stride_eh,
     nheads_q, seqlen_q, seqlen_k, qk_scale,
-    q_per_kv, q_per_sel, segment_rows,
+    q_per_kv, q_per_sel, segment_rows, m_stride, m_first,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr, LSE_ONLY: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head).
 
@@ -86,9 +89,12 @@ def sparse_attention_fwd_kernel(
     COL_IDX (B, Hsel, n_seg, kmax) int32, ascending; COL_END (B, Hq, n_mblocks) int32, the
     number of leading COL_IDX entries that lie left of the block's last row's window;
     WINDOW (Hq,) int32.
+
+    Program ``pid_m`` takes query block ``pid_m * m_stride + m_first`` (stage 3: 1 and 0).
+    ``LSE_ONLY`` (the rescoring pass) skips V, O and the P.V products and writes only LSE.
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) * m_stride + m_first
     pid_bh = tl.program_id(1)
     b = (pid_bh // nheads_q).to(tl.int64)
     h = pid_bh % nheads_q
@@ -126,12 +132,15 @@ def sparse_attention_fwd_kernel(
         cols64 = cols.to(tl.int64)
         k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :],
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
-        v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :],
-                    mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+        if LSE_ONLY:
+            v = k  # unused
+        else:
+            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :],
+                        mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
 
     # (b) the window band [first_pos - w + 1, last_pos], masked at its edges only.
     first_pos = offset + row0
@@ -147,23 +156,24 @@ def sparse_attention_fwd_kernel(
     left_end = tl.minimum(inner_lo, band_hi)
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, tile_lo, left_end, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
+                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, inner_lo, inner_hi, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=False, DOT_PRECISION=DOT_PRECISION)
+                                BLOCK_N=BLOCK_N, MASKED=False, DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
     right_lo = tl.maximum(inner_hi, left_end)
     right_lo = tl.maximum(right_lo, tile_lo)
     # right_lo is tile-aligned unless left_end clipped at band_hi, in which case the loop is empty.
     acc, m_i, l_i = _band_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, pos, w,
                                 seqlen_k, right_lo, band_hi, offs_d, d_mask, qk_scale,
-                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
+                                BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
 
     # A row that kept no key (an empty window and no column) outputs 0, never NaN.
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    o_base = O + b * stride_ob + h64 * stride_oh
-    tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    if not LSE_ONLY:
+        o_base = O + b * stride_ob + h64 * stride_oh
+        tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
     if RETURN_LSE:
         # Back from the log2 domain: lse = ln(2) * (m + log2(l)).
         lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * 0.6931471805599453,

@@ -63,9 +63,11 @@ def sparse_attention_fwd(
     block_m: int = 64,
     block_n: int = 64,
     return_lse: bool = False,
+    lse_only: bool = False,
+    m_stride: int = 1,
     num_warps: int | None = None,
     num_stages: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run the stage-3 kernel.
 
     Args:
@@ -75,8 +77,13 @@ def sparse_attention_fwd(
         segment_rows: query rows per column set (a multiple of block_m; Sq rounded up for one set).
         q_per_sel: query heads per selection head (1, or Hq // Hkv for KV-head granularity).
         scale: softmax scale applied to q.k.
+        lse_only: compute only the log-sum-exp over the window and the columns (no V, no
+            output): the first pass of the rescoring selection. Implies ``return_lse``.
+        m_stride: run only query blocks ``t`` with ``t = n_mblocks - 1 (mod m_stride)`` (the
+            last block always); rows of the other blocks get an undefined lse. 1 = all blocks.
     Returns:
-        out (B, Sq, Hq, D) in q's dtype, and lse (B, Hq, Sq) fp32 natural log-sum-exp (or None).
+        out (B, Sq, Hq, D) in q's dtype (None with ``lse_only``), and lse (B, Hq, Sq) fp32
+        natural log-sum-exp (or None).
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     _, seqlen_k, nheads_kv, _ = k.shape
@@ -102,10 +109,15 @@ def sparse_attention_fwd(
         col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
         segment_rows=segment_rows, q_per_sel=q_per_sel,
     )
-    out = torch.empty_like(q)
+    return_lse = return_lse or lse_only
+    out = torch.empty((1, 1, 1, 1), device=q.device, dtype=q.dtype) if lse_only else torch.empty_like(q)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32) if return_lse \
         else torch.empty((1, 1, 1), device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(seqlen_q, block_m), batch * nheads_q)
+    n_mblocks = triton.cdiv(seqlen_q, block_m)
+    if m_stride < 1:
+        raise ValueError(f"m_stride={m_stride} must be >= 1")
+    m_first = (n_mblocks - 1) % m_stride
+    grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
         q, k, v, out, lse, col_idx, col_end, window,
         q.stride(0), q.stride(1), q.stride(2),
@@ -116,8 +128,8 @@ def sparse_attention_fwd(
         col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
         col_end.stride(0), col_end.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
-        nheads_q // nheads_kv, q_per_sel, segment_rows,
+        nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first,
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
+        RETURN_LSE=return_lse, LSE_ONLY=lse_only, num_warps=num_warps, num_stages=num_stages,
     )
-    return out, (lse if return_lse else None)
+    return (None if lse_only else out), (lse if return_lse else None)

@@ -20,11 +20,13 @@ __all__ = [
     "LayerOverride",
     "ModelAttentionProfile",
     "SampleAttentionConfig",
+    "Selection",
     "SUPPORTED_HEAD_DIMS",
     "ceil_ratio",
 ]
 
 GQAGranularity = Literal["query_head", "kv_head"]
+Selection = Literal["sampled", "rescored"]
 
 #: Head dimensions the Triton kernels are built for.
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 256)
@@ -53,6 +55,16 @@ class SampleAttentionConfig(BaseModel):
             blocks of this many rows, spread at a regular stride; the last rows always included).
         segment_rows: if set, one column set is selected per segment of this many query rows
             (a multiple of block_m) instead of one per head; ``None`` means one set per head.
+        selection: how the columns are chosen. ``"sampled"`` is the paper's rule: the sampled
+            rows score the columns and the shortest prefix reaching alpha is kept.
+            ``"rescored"`` first takes candidates with the paper's rule at ``candidate_alpha``,
+            then lets every query row (or one query block in every ``rescore_stride``) rank
+            those candidates by its probability outside its window, normalised over the window
+            and the candidates, and keeps the shortest prefix reaching alpha. It costs two more
+            passes over the candidates and is closer to the all-rows selection (docs/accuracy.md).
+        candidate_alpha: stage A's alpha for ``"rescored"`` (at least alpha).
+        rescore_stride: with ``"rescored"``, one query block of ``block_m`` rows in every
+            ``rescore_stride`` ranks the candidates (the last block always does); 1 = every row.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +78,9 @@ class SampleAttentionConfig(BaseModel):
     block_n: int = Field(128, ge=16, le=256)
     sample_block: int = Field(16, ge=16, le=128)
     segment_rows: int | None = Field(None, ge=16)
+    selection: Selection = "sampled"
+    candidate_alpha: float = Field(0.999, gt=0.0, le=1.0)
+    rescore_stride: int = Field(1, ge=1)
 
     @field_validator("block_m", "block_n", "sample_block")
     @classmethod
@@ -81,6 +96,16 @@ class SampleAttentionConfig(BaseModel):
                 f"segment_rows={self.segment_rows} must be a multiple of block_m={self.block_m}, "
                 "so that every query block lies in one segment"
             )
+        if self.selection == "rescored":
+            if self.candidate_alpha < self.alpha:
+                raise ValueError(
+                    f"candidate_alpha={self.candidate_alpha} is below alpha={self.alpha}: the "
+                    "candidates must hold at least the mass the final set keeps; raise candidate_alpha"
+                )
+            if self.segment_rows is not None:
+                raise ValueError(
+                    "selection='rescored' selects one column set per head; leave segment_rows=None"
+                )
         return self
 
     def window_size(self, seqlen_k: int) -> int:

@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import torch
 
 from .config import HeadOverride, SampleAttentionConfig, ceil_ratio
+from .rescoring import ranked_pairs, ranking_block, ranking_rows, select_rescored
 from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head, select_columns
 from .validation import check_qk, default_scale, kernel_backend_available
@@ -204,6 +205,9 @@ class PlanSetup:
     alpha (Hq,) fp32 and window (Hq,) int32 live on the CPU; window_dev is window on q's device;
     alpha_sel_dev (Hsel,) and reach_dev (Hsel, n_seg) are the selection's inputs on q's device,
     made once (a small host-to-device copy from pageable memory synchronises the stream).
+    With ``selection="rescored"``: candidate_alpha_sel_dev (Hsel,) stage A's alpha,
+    rank_block and rank_rows (n,) int64 (CPU) the ranking query blocks and their rows, and
+    ranked_pairs_dev (Hsel,) the counted (row, head) pairs; None otherwise.
     """
 
     batch: int
@@ -221,6 +225,10 @@ class PlanSetup:
     min_window: int
     alpha_sel_dev: torch.Tensor
     reach_dev: torch.Tensor
+    candidate_alpha_sel_dev: torch.Tensor | None = None
+    rank_block: int = 0
+    rank_rows: torch.Tensor | None = None
+    ranked_pairs_dev: torch.Tensor | None = None
 
 
 def prepare_plan(
@@ -237,15 +245,16 @@ def prepare_plan(
     batch, seqlen_q, nheads_q, _ = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     head_items = tuple(sorted((heads or {}).items()))
-    shared = _shape_setup(config, head_items, nheads_q, nheads_kv, seqlen_q, seqlen_k, str(q.device))
+    shared = _shape_setup(config, head_items, nheads_q, nheads_kv, q.shape[3], seqlen_q, seqlen_k,
+                          str(q.device))
     return PlanSetup(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q,
                      nheads_kv=nheads_kv, scale=default_scale(q, scale), **shared)
 
 
 @functools.lru_cache(maxsize=128)
 def _shape_setup(
-    config: SampleAttentionConfig, head_items: tuple, nheads_q: int, nheads_kv: int, seqlen_q: int,
-    seqlen_k: int, device: str,
+    config: SampleAttentionConfig, head_items: tuple, nheads_q: int, nheads_kv: int, head_dim: int,
+    seqlen_q: int, seqlen_k: int, device: str,
 ) -> dict:
     """The cached part of `prepare_plan` (tensors are never written after they are made)."""
     q_per_sel = nheads_q // nheads_kv if config.gqa_granularity == "kv_head" else 1
@@ -258,14 +267,24 @@ def _shape_setup(
     )
     reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
                               segment_rows=segment_rows, q_per_sel=q_per_sel)
-    return {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window.to(device),
-            "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
-            "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device)}
+    shared = {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window.to(device),
+              "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
+              "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device)}
+    if config.selection == "rescored":
+        # Stage A keeps at least each head's own alpha (a head override may exceed candidate_alpha).
+        candidate = torch.clamp(selection_alpha(alpha, q_per_sel), min=config.candidate_alpha)
+        block = ranking_block(config.block_m, head_dim)
+        rank_rows = ranking_rows(seqlen_q, block, config.rescore_stride)
+        pairs = ranked_pairs(window, rank_rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+        shared.update(candidate_alpha_sel_dev=candidate.to(device), rank_block=block, rank_rows=rank_rows,
+                      ranked_pairs_dev=pairs.to(device))
+    return shared
 
 
 def select_and_report(
     setup: PlanSetup, config: SampleAttentionConfig, *, wmass: torch.Tensor, scores: torch.Tensor,
     stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], keep_scores: bool,
+    rescore_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> SparsePlan:
     """Stage 2 and the plan's reports, from stage 1's outputs.
 
@@ -274,12 +293,23 @@ def select_and_report(
         scores: (B, Hsel, n_seg, Sk) column scores.
         stripe_mass_of: ``(col_idx, col_count) -> (B, Hq, n_slots)``, each sampled row's mass on
             the selected columns left of its window (computed by the caller's own means).
+        rescore_of: for ``selection="rescored"``, ``(cand_idx, cand_count) -> (B, Hsel, kmax)``,
+            the candidates' summed probability over the ranking rows (kernels or reference).
     """
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
     window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
                                                  setup.window_dev, **shape)
-    col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
-                                        reach=setup.reach_dev)
+    if config.selection == "rescored":
+        if rescore_of is None:
+            raise ValueError("selection='rescored' needs the caller's rescoring pass (rescore_of)")
+        cand_idx, cand_count = select_columns(scores, window_sum, n_counted, setup.candidate_alpha_sel_dev,
+                                              reach=setup.reach_dev)
+        col_idx, col_count = select_rescored(
+            cand_idx, rescore_of(cand_idx, cand_count), setup.ranked_pairs_dev, setup.alpha_sel_dev,
+            reach=setup.reach_dev, seqlen_k=setup.seqlen_k)
+    else:
+        col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
+                                            reach=setup.reach_dev)
     stripe = stripe_mass_of(col_idx, col_count)
     _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
@@ -314,7 +344,7 @@ def plan(
     """
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
     kernel_backend_available(q)
-    from sampleattn.kernels import column_scores, sampled_row_stats, stripe_mass
+    from sampleattn.kernels import column_scores, rescore_candidates, sampled_row_stats, stripe_mass
 
     rows, window = setup.rows, setup.window_dev
     common = {"scale": setup.scale, "block_s": rows.block}
@@ -327,4 +357,7 @@ def plan(
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(
             q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
             q_per_sel=setup.q_per_sel, **common),
+        rescore_of=lambda cand_idx, cand_count: rescore_candidates(
+            q, k, cand_idx, cand_count, window, q_per_sel=setup.q_per_sel, scale=setup.scale,
+            block_m=setup.rank_block, m_stride=config.rescore_stride),
     )

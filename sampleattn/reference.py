@@ -2,7 +2,8 @@
 
 * `attention_ref`: exact dense attention (fp32 accumulation by default), bottom-right causal,
   GQA, an optional boolean mask; a row with no visible key gives 0 (and lse -inf).
-* `plan_ref`: stages 1-2 computed from dense softmax rows of the sampled rows.
+* `plan_ref`: stages 1-2 computed from dense softmax rows of the sampled rows (and, for the
+  rescoring selection, of the ranking rows: `rescore_ref`).
 * `sparse_attention_ref`: dense attention under ``plan.to_dense()``.
 * `sample_attention_ref`: both.
 
@@ -19,11 +20,12 @@ import torch
 
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, prepare_plan, select_and_report
+from .rescoring import ranking_rows
 from .validation import check_qkv
 
 __all__ = [
     "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
-    "relative_error", "sample_attention_ref", "sparse_attention_ref",
+    "relative_error", "rescore_ref", "sample_attention_ref", "sparse_attention_ref",
 ]
 
 
@@ -129,8 +131,50 @@ def plan_ref(
         member = member[..., : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1)[:, :, slot_seg, :]
         return torch.where(member, p_out, 0.0).sum(-1)
 
+    def rescore_of(cand_idx: torch.Tensor, cand_count: torch.Tensor) -> torch.Tensor:
+        return rescore_ref(q, k, cand_idx, cand_count, window, q_per_sel=setup.q_per_sel, scale=setup.scale,
+                           block_m=setup.rank_block, m_stride=config.rescore_stride)
+
     return select_and_report(setup, config, wmass=wmass, scores=scores, stripe_mass_of=stripe_mass_of,
-                             keep_scores=keep_scores)
+                             keep_scores=keep_scores, rescore_of=rescore_of)
+
+
+def rescore_ref(
+    q: torch.Tensor, k: torch.Tensor, cand_idx: torch.Tensor, cand_count: torch.Tensor,
+    window: torch.Tensor, *, q_per_sel: int, scale: float, block_m: int, m_stride: int,
+) -> torch.Tensor:
+    """Dense oracle of `sampleattn.kernels.rescore_candidates` (same signature and output).
+
+    Each ranking row's softmax over its window band and the candidates left of it; per
+    candidate, the sum of that probability over the ranking rows that see it left of their
+    window (and over the selection group's query heads). Returns (B, Hsel, kmax) fp32.
+    """
+    batch, seqlen_q, nheads_q, _ = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    n_sel, kmax = cand_idx.shape[1], cand_idx.shape[3]
+    rows = ranking_rows(seqlen_q, block_m, m_stride).to(q.device)
+    pos = (seqlen_k - seqlen_q + rows).view(1, 1, -1, 1)
+    j = torch.arange(seqlen_k, device=q.device).view(1, 1, 1, -1)
+    w = window.to(q.device, torch.int64).view(1, -1, 1, 1)
+    left = j <= pos - w  # (1, Hq, n, Sk)
+    band = (j <= pos) & ~left
+    member = torch.zeros(batch, n_sel, seqlen_k + 1, dtype=torch.bool, device=q.device)
+    member.scatter_(2, cand_idx[:, :, 0].to(torch.int64), True)
+    member = member[..., :seqlen_k].repeat_interleave(q_per_sel, dim=1).unsqueeze(2)  # (B, Hq, 1, Sk)
+    mass = torch.zeros(batch, nheads_q, seqlen_k, device=q.device, dtype=torch.float32)
+    group = nheads_q // nheads_kv
+    for kv in range(nheads_kv):  # one KV head at a time: memory O(rows * Sk) per head
+        heads = slice(kv * group, (kv + 1) * group)
+        s = torch.matmul(q[:, rows][:, :, heads].transpose(1, 2).float(),
+                         k[:, :, kv].float().transpose(-1, -2).unsqueeze(1)) * scale
+        keep = band[:, heads] | (left[:, heads] & member[:, heads])
+        p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
+        mass[:, heads] = torch.where(left[:, heads] & member[:, heads], p, 0.0).sum(dim=2)
+    mass = mass.view(batch, n_sel, q_per_sel, seqlen_k).sum(dim=2)
+    padded = torch.cat([mass, torch.zeros(batch, n_sel, 1, device=q.device)], dim=2)
+    out = torch.gather(padded, 2, cand_idx[:, :, 0].to(torch.int64))
+    valid = torch.arange(kmax, device=q.device).view(1, 1, -1) < cand_count.view(batch, n_sel, 1)
+    return torch.where(valid, out, 0.0)
 
 
 def sparse_attention_ref(

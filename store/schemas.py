@@ -85,15 +85,24 @@ def normalize_state(state: Any) -> str:
     return {"fail": "failed", "completed": "complete", "prune": "pruned"}.get(text, text)
 
 
+#: Config fields added after the first release, with their defaults. They enter the hash only
+#: when they differ from the default, so that a stored profile's hash stays valid when a later
+#: version adds a field (the profile then means the same as before: the field's default).
+#: Append every new `SampleAttentionConfig` field here.
+LATER_CONFIG_FIELDS = {"selection": "sampled", "candidate_alpha": 0.999, "rescore_stride": 1}
+
+
 def content_hash(config: ModelAttentionProfile) -> str:
     """SHA-256 of the canonical JSON of a profile's configuration (sorted keys, no spaces).
 
     Two profiles have the same hash exactly when they configure the operator the same way,
     whatever model, length or store they belong to.
     """
-    canonical = json.dumps(
-        json.loads(config.model_dump_json()), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
+    data = json.loads(config.model_dump_json())
+    for name, default in LATER_CONFIG_FIELDS.items():
+        if data["config"].get(name) == default:
+            del data["config"][name]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -1,0 +1,71 @@
+"""Launcher of the rescoring selection's passes: each ranking row's log-sum-exp over its window
+and the candidate columns (the stage-3 kernel, ``lse_only``), then each candidate column's
+summed probability over the ranking rows (`candidate_mass_kernel`).
+
+Oracle: `sampleattn.reference.rescore_ref` computes the same scores from dense softmax rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from ._rescoring_jit import candidate_mass_kernel
+from .sampling import _block_d, dot_precision
+from .sparse_attention import sparse_attention_fwd
+
+__all__ = ["rescore_candidates"]
+
+
+def rescore_candidates(
+    q: torch.Tensor, k: torch.Tensor, cand_idx: torch.Tensor, cand_count: torch.Tensor,
+    window: torch.Tensor, *, q_per_sel: int, scale: float, block_m: int, m_stride: int,
+    block_c: int = 64,
+) -> torch.Tensor:
+    """Score the candidate columns with every ranking row.
+
+    Args:
+        q: (B, Sq, Hq, D); k: (B, Sk, Hkv, D).
+        cand_idx: (B, Hsel, 1, kmax) int32 candidate columns, ascending, padded with Sk.
+        cand_count: (B, Hsel, 1) int32 valid entries.
+        window: (Hq,) int32 window width per query head.
+        block_m: rows per query block; m_stride: one block in every ``m_stride`` ranks (the
+            last block always).
+    Returns:
+        (B, Hsel, kmax) fp32: per candidate, the sum over ranking rows (and the group's query
+        heads) of its probability, normalised over each row's window and candidates, where it
+        lies left of the row's window; 0 for padding.
+    """
+    batch, seqlen_q, nheads_q, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    if cand_idx.shape[2] != 1:
+        raise ValueError("rescoring selects one column set per head: cand_idx must have one segment")
+    segment_rows = triton.cdiv(seqlen_q, block_m) * block_m
+    _, lse = sparse_attention_fwd(q, k, k, cand_idx, window, segment_rows=segment_rows, q_per_sel=q_per_sel,
+                                  scale=scale, block_m=block_m, block_n=64, lse_only=True, m_stride=m_stride)
+    cand = cand_idx[:, :, 0].contiguous()
+    count = cand_count[:, :, 0].contiguous()
+    n_sel, kmax = cand.shape[1], cand.shape[2]
+    score = torch.zeros((batch, n_sel, kmax), device=q.device, dtype=torch.float32)
+    n_mblocks = triton.cdiv(seqlen_q, block_m)
+    block_d = _block_d(head_dim)
+    rows_m = min(block_m, 64) if block_d > 128 else block_m
+    if rows_m != block_m:  # 256-wide heads: smaller row tiles over the same ranking blocks
+        raise ValueError("head_dim > 128 needs block_m <= 64 for the rescoring selection")
+    grid = (triton.cdiv(kmax, block_c), batch * n_sel)
+    candidate_mass_kernel[grid](
+        q, k, lse, cand, count, window, score,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        lse.stride(0), lse.stride(1),
+        cand.stride(0), cand.stride(1),
+        count.stride(0),
+        score.stride(0), score.stride(1),
+        n_sel, seqlen_q, seqlen_k, scale * math.log2(math.e),
+        nheads_q // nheads_kv, q_per_sel, n_mblocks, m_stride, (n_mblocks - 1) % m_stride,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
+        BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4 if block_m <= 64 else 8, num_stages=2,
+    )
+    return score
