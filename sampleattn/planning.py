@@ -37,6 +37,10 @@ class SparsePlan:
         scores: (B, Hsel, n_seg, Sk) fp32 column scores (sum over sampled rows of the mass
             outside each row's window), or None.
         sampled_rows: (n_rows,) int64 the sampled query rows.
+        candidate_density: (B, Hq) fp32 density of the window plus the candidates, for
+            ``selection="rescored"`` (None otherwise); ranking_fraction: the share of query rows
+            that ranked them. Their product, about, is the rescoring passes' cost in units of
+            dense attention (both passes compute q.k only).
     """
 
     batch: int
@@ -55,6 +59,8 @@ class SparsePlan:
     density: torch.Tensor
     sampled_rows: torch.Tensor
     scores: torch.Tensor | None = field(default=None, repr=False)
+    candidate_density: torch.Tensor | None = field(default=None, repr=False)
+    ranking_fraction: float = 0.0
 
     @property
     def q_per_sel(self) -> int:
@@ -299,6 +305,7 @@ def select_and_report(
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
     window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
                                                  setup.window_dev, **shape)
+    candidate_density, ranking_fraction = None, 0.0
     if config.selection == "rescored":
         if rescore_of is None:
             raise ValueError("selection='rescored' needs the caller's rescoring pass (rescore_of)")
@@ -307,6 +314,9 @@ def select_and_report(
         col_idx, col_count = select_rescored(
             cand_idx, rescore_of(cand_idx, cand_count), setup.ranked_pairs_dev, setup.alpha_sel_dev,
             reach=setup.reach_dev, seqlen_k=setup.seqlen_k)
+        candidate_density = density_per_head(cand_idx, cand_count, setup.window_dev,
+                                             segment_rows=setup.segment_rows, **shape)
+        ranking_fraction = setup.rank_rows.numel() / setup.seqlen_q
     else:
         col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
                                             reach=setup.reach_dev)
@@ -319,6 +329,7 @@ def select_and_report(
         scale=setup.scale, window=setup.window_dev, col_idx=col_idx, col_count=col_count,
         retained_mean=retained_mean, retained_min=retained_min, density=density,
         sampled_rows=setup.rows.valid_rows, scores=scores if keep_scores else None,
+        candidate_density=candidate_density, ranking_fraction=ranking_fraction,
     )
 
 

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per layer and sample for the error (default 64 on the CPU, 256 on a GPU)")
     p.add_argument("--cache-dir", default=None, help="calibration cache folder (default ~/.cache/sampleattn/calibration)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--selection", default="sampled", metavar="sampled[,rescored]",
+                   help="selection rules the search may choose (default: sampled, the paper's rule; "
+                        "rescored adds candidate_alpha and rescore_stride to the search)")
     return p
 
 
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_address=args.ray_address, workers=args.workers, device=args.device, calibration=args.calibration,
         samples=args.samples, model_path=args.model_path, objective=args.objective, plot=args.plot,
         seed=args.seed, layers=args.layers, rows_per_layer=args.rows_per_layer, cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=not args.no_progress, selections=tuple(x.strip() for x in args.selection.split(",") if x.strip()),
     )
     try:
         report = tune(options)

@@ -55,6 +55,7 @@ __all__ = [
     "ModelEvaluator",
     "TrialResult",
     "estimate_sparse_ms",
+    "ranking_cost",
     "measure_cpu_ms",
     "measure_cuda_ms",
     "sampled_fraction",
@@ -131,9 +132,19 @@ def sampled_fraction(sampled_rows: torch.Tensor, seqlen_q: int, seqlen_k: int) -
     return float(visible / total) if total > 0 else 0.0
 
 
-def estimate_sparse_ms(dense_ms: float, density: float, sampled_frac: float) -> float:
-    """The CPU's analytic latency of SampleAttention: ``dense_ms * (density + 2 * sampled_frac)``."""
-    return dense_ms * (min(1.0, density) + 2.0 * sampled_frac)
+def estimate_sparse_ms(dense_ms: float, density: float, sampled_frac: float, ranking_cost: float = 0.0) -> float:
+    """The CPU's analytic latency of SampleAttention:
+    ``dense_ms * (density + 2 * sampled_frac + ranking_cost)``, where ``ranking_cost`` is the
+    rescoring passes' q.k work in units of dense attention (`ranking_cost`; 0 for the paper's rule)."""
+    return dense_ms * (min(1.0, density) + 2.0 * sampled_frac + ranking_cost)
+
+
+def ranking_cost(plan) -> float:
+    """The rescoring passes' cost in units of dense attention: two q.k-only passes (half an
+    attention each) over the window plus candidates, by the share of rows that rank."""
+    if plan.candidate_density is None:
+        return 0.0
+    return float(plan.candidate_density.mean()) * plan.ranking_fraction
 
 
 def measure_cpu_ms(fn, *, warmup: int = 1, repeats: int = 3) -> float:
@@ -254,7 +265,7 @@ class LayerEvaluator:
             if self.seqlen_k < config.dense_below:
                 layers[layer] = LayerMetrics(0.0, 1.0, 1.0, 1.0, self.dense_ms, self.dense_ms, dense=True)
                 continue
-            errors, r_mean, r_min, density, frac = [], [], [], [], []
+            errors, r_mean, r_min, density, frac, ranking = [], [], [], [], [], []
             for per_layer in self.data:
                 q, k, v, rows, exact = per_layer[layer]
                 with torch.no_grad():
@@ -266,6 +277,7 @@ class LayerEvaluator:
                 r_min.append(float(plan.retained_min.min()))
                 density.append(plan.mean_density)
                 frac.append(sampled_fraction(plan.sampled_rows.cpu(), self.seqlen_q, self.seqlen_k))
+                ranking.append(ranking_cost(plan))
             for name, values in (("rel_error", errors), ("density", density)):
                 bad = [x for x in values if not math.isfinite(x)]
                 if bad:
@@ -275,7 +287,7 @@ class LayerEvaluator:
                 q, k, v, _, _ = self.data[0][layer]
                 latency = self._sparse_cuda_ms(q, k, v, config, heads)
             else:
-                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac))
+                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac), statistics.fmean(ranking))
             layers[layer] = LayerMetrics(
                 rel_error=statistics.fmean(errors), retained_mean=statistics.fmean(r_mean),
                 retained_min=min(r_min), density=dens, latency_ms=latency, dense_latency_ms=self.dense_ms,

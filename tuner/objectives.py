@@ -10,6 +10,11 @@ window_ratio       [0.005, 0.15]                                float, log
 sample_ratio       [0.005, 0.1]                                 float, log
 gqa_granularity    ``query_head``, ``kv_head``                  categorical
 dense_below        ``0`` (sparse) or ``2 * length`` (dense)     categorical
+selection          the ``--selection`` choices (default          categorical
+                   ``sampled`` only: then not asked)
+candidate_share    [0.5, 0.99]: ``candidate_alpha = alpha +      float (rescored only)
+                   share * (1 - alpha)``
+rescore_stride     1, 2, 4, 8                                   categorical (rescored only)
 =================  ===========================================  =======================
 
 ``dense_below`` only decides whether the profile runs dense at its length: any value up to the
@@ -51,6 +56,7 @@ __all__ = [
     "DEFAULT_MAX_ERROR",
     "DEFAULT_MIN_RETAINED_MASS",
     "PAPER_DEFAULT",
+    "SELECTIONS",
     "Budget",
     "assign_per_layer",
     "config_from_params",
@@ -75,6 +81,9 @@ ALPHA = (0.8, 0.995)
 WINDOW_RATIO = (0.005, 0.15)
 SAMPLE_RATIO = (0.005, 0.1)
 GQA = ("query_head", "kv_head")
+SELECTIONS = ("sampled", "rescored")
+CANDIDATE_SHARE = (0.5, 0.99)
+RESCORE_STRIDES = (1, 2, 4, 8)
 
 #: Stage 2 must be at least this much faster than the global config to be kept.
 PER_LAYER_MIN_GAIN = 0.02
@@ -100,11 +109,13 @@ def dense_choices(length: int) -> list[int]:
     return [0, 2 * int(length)]
 
 
-def suggest_params(trial: Any, length: int) -> dict[str, Any]:
+def suggest_params(trial: Any, length: int, selections: Sequence[str] = ("sampled",)) -> dict[str, Any]:
     """Ask an Optuna trial for the stage-1 parameters (see the module docstring).
 
     ``dense_below`` is asked only of the dense baseline (enqueued with the user attribute
-    ``baseline="dense"``); the other trials are sparse (``dense_below = 0``).
+    ``baseline="dense"``); the other trials are sparse (``dense_below = 0``). ``selection`` is
+    asked only when ``selections`` offers more than one rule; the rescoring parameters only of
+    trials that rescore.
     """
     params = {
         "alpha": trial.suggest_float("alpha", *ALPHA),
@@ -112,6 +123,12 @@ def suggest_params(trial: Any, length: int) -> dict[str, Any]:
         "sample_ratio": trial.suggest_float("sample_ratio", *SAMPLE_RATIO, log=True),
         "gqa_granularity": trial.suggest_categorical("gqa_granularity", list(GQA)),
     }
+    selection = selections[0] if len(selections) == 1 else trial.suggest_categorical("selection", list(selections))
+    if selection == "rescored":
+        share = trial.suggest_float("candidate_share", *CANDIDATE_SHARE)
+        params["selection"] = "rescored"
+        params["candidate_alpha"] = min(1.0, params["alpha"] + share * (1.0 - params["alpha"]))
+        params["rescore_stride"] = trial.suggest_categorical("rescore_stride", list(RESCORE_STRIDES))
     if trial.user_attrs.get("baseline") == "dense":
         params["dense_below"] = trial.suggest_categorical("dense_below", dense_choices(length))
     else:
@@ -130,7 +147,11 @@ def suggest_layer_params(trial: Any) -> dict[str, Any]:
 def config_from_params(params: Mapping[str, Any], base: SampleAttentionConfig | None = None) -> SampleAttentionConfig:
     """A `SampleAttentionConfig` from trial parameters (missing ones from ``base``)."""
     base = base or SampleAttentionConfig()
-    known = {k: params[k] for k in ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below") if k in params}
+    names = ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below", "selection",
+             "candidate_alpha", "rescore_stride")
+    known = {k: params[k] for k in names if k in params}
+    if known:  # validate the combination (candidate_alpha >= alpha), not just copy it
+        return SampleAttentionConfig.model_validate({**base.model_dump(), **known})
     return base.model_copy(update=known) if known else base
 
 

@@ -83,6 +83,7 @@ class TuneOptions:
         rows_per_layer: rows per (sample, layer) for the error (default 64 on the CPU, 256 on a GPU).
         cache_dir: calibration cache folder (default `default_cache_root`).
         progress: show progress bars.
+        selections: the selection rules the search may choose (``sampled``, ``rescored``).
     """
 
     model: str
@@ -104,6 +105,7 @@ class TuneOptions:
     layers: list[int] | None = None
     rows_per_layer: int | None = None
     cache_dir: str | None = None
+    selections: tuple[str, ...] = ("sampled",)
     progress: bool = True
 
 
@@ -169,10 +171,15 @@ def _layers_tag(layers: Sequence[int] | None) -> str:
     return "" if layers is None else "/layers=" + ",".join(str(i) for i in layers)
 
 
+def _selections_tag(selections: Sequence[str]) -> str:
+    # The paper's rule alone keeps the names of studies made before the option existed.
+    return "" if tuple(selections) == ("sampled",) else "/selection=" + ",".join(selections)
+
+
 def study_name(options: TuneOptions, length: int, device: str, stage: str | None = None) -> str:
     """The Optuna study of one length: ``model@length/objective/calibration/device[/layers=..][/per-layer]``."""
     name = (f"{options.model}@{format_length(length)}/{options.objective}/{_calibration_tag(options)}/{device}"
-            f"{_layers_tag(options.layers)}")
+            f"{_layers_tag(options.layers)}{_selections_tag(options.selections)}")
     return f"{name}/{stage}" if stage else name
 
 
@@ -218,6 +225,9 @@ def _validate(options: TuneOptions) -> None:
         raise TuneUsageError(f"--objective {options.objective!r}: choose layer or model")
     if options.objective == "model" and options.calibration == "synthetic":
         raise TuneUsageError("--objective model needs real text (essays or a file): synthetic q/k/v have no logits")
+    if not options.selections or set(options.selections) - {"sampled", "rescored"} \
+            or len(set(options.selections)) != len(options.selections):
+        raise TuneUsageError(f"--selection {','.join(options.selections)!r}: give sampled, rescored or both, once each")
     if options.max_error is not None and not options.max_error > 0:
         raise TuneUsageError(f"--max-error must be positive (got {options.max_error})")
     if options.calibration not in ("essays", "synthetic") and not os.path.isfile(options.calibration):
@@ -502,7 +512,7 @@ def _tune_length(ctx: _Ctx, length: int, index: int) -> LengthResult:
                             user_attrs={"baseline": "dense"})
 
     def ask(trial):
-        params = suggest_params(trial, length)
+        params = suggest_params(trial, length, options.selections)
         return params, ModelAttentionProfile(config=config_from_params(params))
 
     _run_trials(ctx, study, name, length, options.trials, ask, desc=f"{format_length(length)} search")
@@ -697,7 +707,7 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
         probe = optuna.create_study(directions=["minimize", "minimize"])
         t = probe.ask()
         t.set_user_attr("baseline", "dense")
-        suggest_params(t, options.lengths[0])
+        suggest_params(t, options.lengths[0], options.selections)
         distributions = t.distributions
         search_space = {k: v.model_dump(mode="json") for k, v in search_space_from_distributions(distributions).items()}
         search_space["dense_below"] = {"kind": "categorical", "choices": ["0", "2 * length"]}
