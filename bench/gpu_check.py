@@ -132,6 +132,47 @@ def check_operator(results, failures, lengths):
                 failures.append(name)
 
 
+def check_rescoring(results, failures, lengths):
+    """The rescoring selection: its ranking kernels against the dense oracle at 2K (bf16), then
+    the whole operator with it against the fp32 oracle under its own plan."""
+    from sampleattn.kernels import rescore_candidates
+    from sampleattn.reference import rescore_ref
+
+    for gran, stride in (("query_head", 1), ("kv_head", 4)):
+        q, k, _ = structured_inputs(2048, 8, 2, 128, torch.bfloat16, seed=2)
+        config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, gqa_granularity=gran,
+                                       dense_below=0, selection="rescored", candidate_alpha=0.999,
+                                       rescore_stride=stride)
+        cand = plan(q, k, config.model_copy(update={"selection": "sampled", "alpha": 0.999}))
+        kw = {"q_per_sel": cand.q_per_sel, "scale": cand.scale, "block_m": config.block_m, "m_stride": stride}
+        fast = rescore_candidates(q, k, cand.col_idx, cand.col_count, cand.window, **kw)
+        slow = rescore_ref(q, k, cand.col_idx, cand.col_count, cand.window, **kw)
+        score_err = relative_error(fast, slow)
+        fast_plan, slow_plan = plan(q, k, config), plan_ref(q, k, config)
+        count_diff = int((fast_plan.col_count - slow_plan.col_count).abs().max())
+        ok = score_err < 2e-2 and count_diff <= max(2, int(0.02 * slow_plan.col_count.max()))
+        name = f"rescoring vs rescore_ref bf16 2k {gran} stride {stride}"
+        results.append({"check": name, "score_rel_err": score_err, "max_count_diff": count_diff,
+                        "density": fast_plan.mean_density, "candidate_density": float(fast_plan.candidate_density.mean()),
+                        "ok": ok})
+        if not ok:
+            failures.append(name)
+    for seqlen in lengths:
+        q, k, v = structured_inputs(seqlen, 32, 8, 128, torch.bfloat16, seed=seqlen)
+        config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0,
+                                       selection="rescored", candidate_alpha=0.999)
+        out, p = sample_attention(q, k, v, config, return_plan=True)
+        rows = torch.randperm(seqlen, device=DEVICE)[:256].sort().values
+        rows[-1] = seqlen - 1
+        err = relative_error(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p))
+        ok = err < 1e-2 and not torch.isnan(out).any()
+        name = f"operator rescored bf16 {seqlen} 32/8 d128"
+        results.append({"check": name, "error_vs_same_plan": err,
+                        "error_vs_full": relative_error(out[:, rows], attention_rows_ref(q, k, v, rows)),
+                        "density": p.mean_density, "candidate_density": float(p.candidate_density.mean()), "ok": ok})
+        if not ok:
+            failures.append(name)
+
 
 def timing(results, lengths):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -157,6 +198,15 @@ def timing(results, lengths):
             row[f"{gran}_attn_ms"] = cuda_ms(lambda: sparse_attention(q, k, v, p))
             row[f"{gran}_total_ms"] = cuda_ms(lambda: sample_attention(q, k, v, config))
             row[f"{gran}_density"] = p.mean_density
+        for stride in (1, 4):
+            config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0,
+                                           selection="rescored", candidate_alpha=0.999, rescore_stride=stride)
+            p = plan(q, k, config)
+            tag = f"rescored_s{stride}"
+            row[f"{tag}_plan_ms"] = cuda_ms(lambda: plan(q, k, config))
+            row[f"{tag}_attn_ms"] = cuda_ms(lambda: sparse_attention(q, k, v, p))
+            row[f"{tag}_density"] = p.mean_density
+            row[f"{tag}_candidate_density"] = float(p.candidate_density.mean())
         full = SampleAttentionConfig(alpha=1.0, window_ratio=1.0, dense_below=0)
         pf = plan(q, k, full)
         row["full_density_attn_ms"] = cuda_ms(lambda: sparse_attention(q, k, v, pf))
@@ -192,6 +242,8 @@ def main(argv=None) -> int:
     check_plan(results, failures)
     save()
     check_operator(results, failures, [int(x) for x in args.lengths.split(",") if x])
+    save()
+    check_rescoring(results, failures, [int(x) for x in args.lengths.split(",") if x][-1:])
     save()
     if not failures and args.timing_lengths:
         timing(results, [int(x) for x in args.timing_lengths.split(",") if x])
