@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--windows", type=_floats, default=[0.08], help="window ratios")
     parser.add_argument("--samples", type=_floats, default=[0.05], help="sample ratios")
     parser.add_argument("--granularity", default="kv_head", choices=["kv_head", "query_head"])
+    parser.add_argument("--selection", default=None,
+                        help="SampleAttentionConfig.selection (e.g. sampled, rescored); default: the config's")
+    parser.add_argument("--candidate-alpha", type=float, default=None, help="SampleAttentionConfig.candidate_alpha")
+    parser.add_argument("--rescore-stride", type=int, default=None, help="SampleAttentionConfig.rescore_stride")
     parser.add_argument("--full-density", action="store_true", help="also time alpha=1, window=1 (kernel efficiency)")
     parser.add_argument("--no-flex", action="store_true", help="skip the FlexAttention baselines")
     parser.add_argument("--baseline-max", default="256k", help="no dense baselines above this length")
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from sampleattn import SampleAttentionConfig, collect_env
+    from sampleattn import collect_env
 
     from .harness import GEOMETRIES, Case, dense_baselines, extra_memory_gib, make_inputs, run_case, to_json
 
@@ -66,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         geometries = [GEOMETRIES[g] for g in args.geometries.split(",")]
     except (ValueError, KeyError) as error:
         print(f"sattn-bench: {error}; geometries are {', '.join(GEOMETRIES)}", file=sys.stderr)
+        return 2
+    options = tuple((name, value) for name, value in (("selection", args.selection),
+                                                      ("candidate_alpha", args.candidate_alpha),
+                                                      ("rescore_stride", args.rescore_stride)) if value is not None)
+    try:
+        Case("llama3", 1, 1, args.inputs, 0.95, 0.08, 0.05, options=options).config()
+    except Exception as error:  # a field this version of the config lacks, or a bad value
+        print(f"sattn-bench: {error}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 repeat = args.repeat if seqlen <= 131072 else 2
                 baselines = dense_baselines(q, k, v, repeat=repeat, flex=not args.no_flex)
             for alpha, window, sample in configs:
-                case = Case(geometry.name, seqlen, args.batch, args.inputs, alpha, window, sample, args.granularity)
+                case = Case(geometry.name, seqlen, args.batch, args.inputs, alpha, window, sample, args.granularity,
+                            options=options)
                 row = run_case(case, q, k, v, baselines, error_rows=args.error_rows,
                                repeat=args.repeat if seqlen <= 262144 else 3, flex_sparse=not args.no_flex)
                 if args.memory:
-                    config = SampleAttentionConfig(alpha=alpha, window_ratio=window, sample_ratio=sample,
-                                                   gqa_granularity=args.granularity, dense_below=0)
-                    row["extra_memory_gib"], row["extra_memory_vs_inputs"] = extra_memory_gib(q, k, v, config)
+                    row["extra_memory_gib"], row["extra_memory_vs_inputs"] = extra_memory_gib(q, k, v, case.config())
                 rows.append(row)
                 print(json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in row.items()}),
                       flush=True)

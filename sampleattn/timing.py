@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["cuda_ms"]
+__all__ = ["cuda_ms", "wall_ms"]
 
 
 def cuda_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> float:
@@ -28,4 +28,20 @@ def cuda_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> fl
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def wall_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> float:
+    """`cuda_ms` for the CPU: median wall-clock milliseconds (``time.perf_counter``) of ``fn()``."""
+    import time
+
+    if repeat < 1:
+        raise ValueError(f"repeat={repeat} must be at least 1")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)[len(times) // 2]
