@@ -27,6 +27,7 @@ _EXPORTS = {
     "sparse_attention": "sampleattn.attention",
     "sample_attention": "sampleattn.attention",
     "dense_attention": "sampleattn.attention",
+    "sample_attention_op": "sampleattn.ops",
     "SampleAttention": "sampleattn.operator",
     "parse_length": "sampleattn.lengths",
     "format_length": "sampleattn.lengths",

@@ -7,6 +7,7 @@ Backends: ``"triton"`` (the kernels; on the CPU only under ``TRITON_INTERPRET=1`
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal, Mapping
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
+from .selection import static_kmax as static_kmax_scope
 from .validation import check_qkv, default_scale, kernel_backend_available
 
 __all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
@@ -132,6 +134,7 @@ def sample_attention(
     return_lse: bool = False,
     heads: Mapping[int, HeadOverride] | None = None,
     backend: Backend = "auto",
+    static_kmax: bool = False,
 ):
     """SampleAttention: plan (stages 1-2) then sparse attention (stage 3).
 
@@ -142,6 +145,9 @@ def sample_attention(
         q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), Sq <= Sk.
         config: hyperparameters (default `SampleAttentionConfig()`).
         heads: per-query-head overrides of alpha and window_ratio.
+        static_kmax: pad the plan's ``col_idx`` to ``seqlen_k`` columns instead of reading the
+            largest count back from the device (`sampleattn.selection.static_kmax`): no host
+            synchronisation, the same result. For CUDA-graph capture, warm up with it too.
     Returns:
         out (B, Sq, Hq, D); then lse (B, Hq, Sq) if ``return_lse``; then the plan if ``return_plan``.
     """
@@ -155,12 +161,13 @@ def sample_attention(
         out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
     else:
         run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0}) if dense else config
-        if chosen == "torch":
-            from .reference import plan_ref
+        with static_kmax_scope() if static_kmax else contextlib.nullcontext():
+            if chosen == "torch":
+                from .reference import plan_ref
 
-            sparse_plan = plan_ref(q, k, run_config, scale=scale, heads=None if dense else heads)
-        else:
-            sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads)
+                sparse_plan = plan_ref(q, k, run_config, scale=scale, heads=None if dense else heads)
+            else:
+                sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads)
         result = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
                                   block_n=config.block_n, backend=chosen)
         out, lse = result

@@ -39,6 +39,11 @@ class SampleAttention:
         profile: a `ModelAttentionProfile`, or one `SampleAttentionConfig` for every layer.
         geometry: the model's geometry, when known; profiles are checked against it.
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see `sampleattn.attention`).
+        as_custom_op: run each call through the custom op ``torch.ops.sampleattn.sample_attention``
+            (`sampleattn.ops`), so that `torch.compile` (``fullgraph=True``) of a model that holds
+            this object does not break its graph; such calls return the output only.
+        static_kmax: plan without a host synchronisation (`sampleattn.selection.static_kmax`),
+            for CUDA-graph capture; the results are the same.
     """
 
     def __init__(
@@ -47,6 +52,8 @@ class SampleAttention:
         *,
         geometry: Geometry | None = None,
         backend: Backend = "auto",
+        as_custom_op: bool = False,
+        static_kmax: bool = False,
     ) -> None:
         if profile is None:
             profile = ModelAttentionProfile()
@@ -62,6 +69,16 @@ class SampleAttention:
         self.geometry = geometry
         if geometry is not None:
             self.check_geometry(geometry)
+        self.as_custom_op = as_custom_op
+        self.static_kmax = static_kmax
+        self._op_args: dict[int, tuple[str, str]] = {}
+        if as_custom_op:
+            from .ops import op_arguments
+
+            # Serialized once here: torch.compile then reads plain strings, never pydantic code.
+            self._op_default = op_arguments(profile.config)
+            self._op_args = {layer: op_arguments(self.config_for(layer), profile.head_overrides(layer))
+                             for layer in profile.layers}
 
     @classmethod
     def from_profile(
@@ -133,6 +150,7 @@ class SampleAttention:
         """Attention of one layer: q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> (B, Sq, Hq, D).
 
         Dense (PyTorch SDPA) below the layer's ``dense_below`` keys; SampleAttention above.
+        With ``as_custom_op`` the call goes through the custom op, which returns the output only.
         """
         if self.geometry is not None:
             g = self.geometry
@@ -143,11 +161,21 @@ class SampleAttention:
                     f"q/k have (nheads_q, nheads_kv, headdim)=({q.shape[2]}, {k.shape[2]}, {q.shape[3]}) "
                     f"but this operator was set up for {(g.nheads_q, g.nheads_kv, g.head_dim)}"
                 )
+        if self.as_custom_op:
+            if return_lse or return_plan:
+                raise ValueError("the custom op returns the output only: make the SampleAttention with "
+                                 "as_custom_op=False for return_lse or return_plan")
+            from .ops import sample_attention_op
+
+            config_json, heads_json = self._op_args.get(layer, self._op_default)
+            return sample_attention_op(q, k, v, config_json, scale=scale, heads=heads_json,
+                                       backend=self.backend, static_kmax=self.static_kmax)
         return sample_attention(
             q, k, v, self.config_for(layer), scale=scale, return_lse=return_lse,
             return_plan=return_plan, heads=self.profile.head_overrides(layer), backend=self.backend,
+            static_kmax=self.static_kmax,
         )
 
     def __repr__(self) -> str:
         return (f"SampleAttention(config={self.profile.config!r}, layer_overrides={len(self.profile.layers)}, "
-                f"backend={self.backend!r})")
+                f"backend={self.backend!r}{', as_custom_op=True' if self.as_custom_op else ''})")

@@ -3,18 +3,49 @@
 Plain PyTorch on whatever device the scores live on (sort, cumsum, comparisons): O(seqlen)
 memory per head, no Python loop over heads or rows. Shared by the kernel path
 (`sampleattn.planning.plan`) and the reference (`sampleattn.reference.plan_ref`).
+
+The width ``kmax`` of ``col_idx`` is the one value of a plan that needs the host: by default it is
+the largest column count, read back with one device synchronisation. Under `static_kmax` (or
+while the current CUDA stream is being captured into a graph) it is ``seqlen_k`` instead, a
+bound known from the shapes, so the plan does no host synchronisation at all; the columns, the
+counts and every result are the same, only the padding is wider.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
 import torch
 
-__all__ = ["density_per_head", "select_columns"]
+__all__ = ["density_per_head", "select_columns", "static_kmax", "uses_static_kmax"]
+
+_STATIC_KMAX: contextvars.ContextVar[bool] = contextvars.ContextVar("sampleattn_static_kmax", default=False)
+
+
+@contextlib.contextmanager
+def static_kmax(enabled: bool = True) -> Iterator[None]:
+    """Within this block, plans pad ``col_idx`` to ``seqlen_k`` columns instead of reading the
+    largest count back from the device: no host synchronisation, fixed shapes (what a CUDA graph
+    needs). Memory: ``B * Hsel * n_seg * seqlen_k`` int32 for ``col_idx``."""
+    token = _STATIC_KMAX.set(enabled)
+    try:
+        yield
+    finally:
+        _STATIC_KMAX.reset(token)
+
+
+def uses_static_kmax(device: torch.device) -> bool:
+    """Whether a plan made now on ``device`` takes the static width (see `static_kmax`)."""
+    if _STATIC_KMAX.get():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def select_columns(
     scores: torch.Tensor, window_mass: torch.Tensor, n_rows: torch.Tensor, alpha: torch.Tensor,
-    *, reach: torch.Tensor,
+    *, reach: torch.Tensor, static: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Take, per selection head and segment, the shortest prefix of columns by descending score
     such that ``(window_mass + sum of their scores) / n_rows >= alpha``.
@@ -27,6 +58,8 @@ def select_columns(
         reach: (Hsel, n_seg) int64 the last column any row of the segment can see outside its
             window; with ``alpha >= 1`` every column up to it is taken (exact attention), even
             those whose score underflowed to zero.
+        static: ``kmax = Sk`` (no host synchronisation) when True, the largest count when
+            False; None decides by `uses_static_kmax`.
     Returns:
         col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with Sk;
         col_count: (B, Hsel, n_seg) int32. Columns with zero score are never taken (alpha < 1).
@@ -44,7 +77,12 @@ def select_columns(
     count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
     available = (ordered > 0).sum(dim=-1)
     count = torch.where(full.view(1, n_sel, 1), available, torch.minimum(count, available))
-    kmax = max(int(count.max().item()), 1) if count.numel() else 1
+    if static is None:
+        static = uses_static_kmax(scores.device)
+    if static:
+        kmax = seqlen_k
+    else:
+        kmax = max(int(count.max().item()), 1) if count.numel() else 1
     top = order[..., :kmax]
     keep = torch.arange(kmax, device=scores.device).view(1, 1, 1, -1) < count.unsqueeze(-1)
     top = torch.where(keep, top, torch.full_like(top, seqlen_k))
