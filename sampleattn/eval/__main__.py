@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+_START = time.time()  # the budget (--budget-s) counts from here: imports included
+
 FORMS = {
     # lengths, samples, needle lengths, depths
     "small": ([2048], 1, [1024, 2048], [0.0, 0.5, 1.0]),
@@ -59,8 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--match-alphas", type=_floats, default=None,
                      help="alphas whose densities the baselines match (default: every alpha)")
     run.add_argument("--oracle-alphas", type=_floats, default=[0.95, 0.99])
-    run.add_argument("--estimator", action="store_true", help="also the pooled-query estimator prototype")
-    run.add_argument("--profile-store", default=None, help="profile store URL: adds the tuned profile's row")
+    run.add_argument("--rescored-alphas", type=_floats, default=[0.9, 0.95],
+                     help="alphas of the operator's re-scored selection rows ('' for none)")
+    run.add_argument("--candidate-alpha", type=float, default=0.999,
+                     help="stage A's alpha of the re-scored selection (default 0.999)")
+    run.add_argument("--rescore-stride", type=int, default=1,
+                     help="one query block in every N ranks the candidates (default 1: every row)")
+    run.add_argument("--estimator", action="store_true",
+                     help="also the prototypes of sampleattn.eval.estimator (pooled, rescored_proto)")
+    run.add_argument("--profile", "--profile-store", dest="profile", default=None,
+                     help="profile store (URL or path): adds the 'tuned' row, the store's profile per length")
+    run.add_argument("--allow-synthetic", action="store_true",
+                     help="accept a profile tuned on synthetic calibration data for the 'tuned' row")
+    run.add_argument("--budget-s", type=float, default=None,
+                     help="start no method expected to end past this many seconds (from the process "
+                          "start); what was not run is listed in results.json's meta")
+    run.add_argument("--secondary-depths", type=_floats, default=None,
+                     help="needle depths for every method but full and SampleAttention at the primary "
+                          "alpha (default: all --depths)")
+    run.add_argument("--primary-alpha", type=float, default=0.95,
+                     help="the alpha run first, with full attention, on every input (default 0.95)")
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     run.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
@@ -96,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         depths=args.depths if args.depths is not None else depths, alphas=args.alphas,
         window_ratio=args.window_ratio, sample_ratio=args.sample_ratio,
         baselines=[b for b in args.baselines.split(",") if b], match_alphas=args.match_alphas,
-        oracle_alphas=args.oracle_alphas, estimator=args.estimator, profile_store=args.profile_store,
+        oracle_alphas=args.oracle_alphas, rescored_alphas=args.rescored_alphas,
+        candidate_alpha=args.candidate_alpha, rescore_stride=args.rescore_stride, estimator=args.estimator,
+        profile=args.profile, allow_synthetic=args.allow_synthetic, budget_s=args.budget_s,
+        secondary_depths=args.secondary_depths, primary_alpha=args.primary_alpha,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,
         max_mask_length=args.max_mask_length, tasks=[t for t in args.tasks.split(",") if t],
         needle_methods=args.needle_methods.split(",") if args.needle_methods else None,
@@ -108,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     def save_partial(partial) -> None:  # a run cut off (time limit) keeps its rows
         (out / "results.partial.json").write_text(json.dumps(partial.to_dict(), default=str))
 
-    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial)
+    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial, start=_START)
     result.meta["seconds"] = round(time.time() - t0, 1)
     result.meta["command"] = "python -m sampleattn.eval " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = write_outputs(result.to_dict(), args.out)

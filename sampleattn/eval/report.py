@@ -17,8 +17,8 @@ from typing import Any
 
 __all__ = ["load_results", "markdown", "merge_results", "plot", "summarize", "write_outputs"]
 
-FAMILY_ORDER = ["full", "sample_attention", "profile", "pooled", "rescored", "oracle", "window", "streamingllm", "bigbird",
-                "vertical_slash"]
+FAMILY_ORDER = ["full", "sample_attention", "sample_attention_rescored", "tuned", "pooled", "rescored_proto", "oracle",
+                "window", "streamingllm", "bigbird", "vertical_slash"]
 
 
 def _order(method: str, family: str) -> tuple:
@@ -62,7 +62,23 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "by_length": {str(k): 100.0 * sum(v) / len(v) for k, v in sorted(by_length.items())},
         })
     needle.sort(key=lambda r: _order(r["method"], r["family"]))
-    return {"fidelity": fidelity, "needle": needle}
+    return {"fidelity": fidelity, "needle": needle, "not_run": not_run_summary(result)}
+
+
+def not_run_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a run (or merged runs) did not run: per (task, method, reason), the lengths and the
+    number of inputs (from ``meta["not_run"]``)."""
+    metas = result.get("meta", {}).get("runs") or [result.get("meta", {})]
+    groups: dict[tuple, dict[str, Any]] = {}
+    for meta in metas:
+        for r in meta.get("not_run", []):
+            g = groups.setdefault((r["task"], r["method"], r["reason"]),
+                                  {"task": r["task"], "method": r["method"], "reason": r["reason"],
+                                   "lengths": set(), "inputs": 0})
+            g["lengths"].add(r["length"])
+            g["inputs"] += 1
+    out = [{**g, "lengths": sorted(g["lengths"])} for g in groups.values()]
+    return sorted(out, key=lambda g: (g["task"], g["method"], g["reason"]))
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -88,6 +104,12 @@ def markdown(summary: dict[str, Any]) -> str:
             cells = " | ".join(f"{r['by_length'].get(str(n), float('nan')):.0f}" for n in all_lengths)
             lines.append(f"| {r['method']} | {r['density']:.3f} | {r['score']:.0f} ({r['prompts']}) | {cells} |")
         lines.append("")
+    if summary.get("not_run"):
+        lines += ["#### Not run", "", "| task | method | lengths | inputs | reason |", "|---|---|---|---:|---|"]
+        for g in summary["not_run"]:
+            lengths = ", ".join(f"{n:,}" for n in g["lengths"])
+            lines.append(f"| {g['task']} | {g['method']} | {lengths} | {g['inputs']} | {g['reason']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -102,7 +124,8 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out_dir: Path) -> list
     lengths = sorted({r["length"] for r in summary["fidelity"]})
     if lengths:
         fig, axes = plt.subplots(2, len(lengths), figsize=(5.5 * len(lengths), 8), squeeze=False)
-        markers = {"sample_attention": "o", "profile": "*", "pooled": "D", "rescored": "h", "oracle": "P", "window": "s",
+        markers = {"sample_attention": "o", "sample_attention_rescored": "h", "tuned": "*", "pooled": "D",
+                   "rescored_proto": "d", "oracle": "P", "window": "s",
                    "streamingllm": "^", "bigbird": "v", "vertical_slash": "X"}
         for col, length in enumerate(lengths):
             rows = [r for r in summary["fidelity"] if r["length"] == length and r["family"] != "full"]
