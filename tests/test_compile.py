@@ -115,12 +115,14 @@ def test_static_kmax_switch():
     assert not uses_static_kmax(cpu)
 
 
-@pytest.mark.parametrize("granularity,segment_rows,seqlen_q,run", [
-    ("query_head", None, 200, True), ("kv_head", None, 97, True), ("query_head", 128, 300, False),
-    ("kv_head", 128, 256, False),
+@pytest.mark.parametrize("granularity,segment_rows,seqlen_q,run,selection", [
+    ("query_head", None, 200, True, "sampled"), ("kv_head", None, 97, True, "sampled"),
+    ("query_head", 128, 300, False, "sampled"), ("kv_head", 128, 256, False, "sampled"),
+    ("kv_head", None, 200, False, "rescored"),
 ])
-def test_static_kmax_plan_and_output_equal_dynamic(granularity, segment_rows, seqlen_q, run):
-    config = CONFIG.model_copy(update={"gqa_granularity": granularity, "segment_rows": segment_rows})
+def test_static_kmax_plan_and_output_equal_dynamic(granularity, segment_rows, seqlen_q, run, selection):
+    config = CONFIG.model_copy(update={"gqa_granularity": granularity, "segment_rows": segment_rows,
+                                       "selection": selection})
     q, k, v = qkv(seqlen_q=seqlen_q, seqlen_k=300, seed=1)
     heads = {3: HeadOverride(alpha=0.99)}
     dynamic = plan(q, k, config, heads=heads)
