@@ -165,9 +165,11 @@ def sample_attention(
             if chosen == "torch":
                 from .reference import plan_ref
 
-                sparse_plan = plan_ref(q, k, run_config, scale=scale, heads=None if dense else heads)
+                sparse_plan = plan_ref(q, k, run_config, scale=scale, heads=None if dense else heads,
+                                       reports=return_plan)
             else:
-                sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads)
+                sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads,
+                                   reports=return_plan)
         result = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
                                   block_n=config.block_n, backend=chosen)
         out, lse = result

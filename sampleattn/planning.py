@@ -33,6 +33,8 @@ class SparsePlan:
         col_count: (B, Hsel, n_seg) int32 valid entries of each col_idx row.
     Reports (on the sampled rows):
         retained_mean, retained_min: (B, Hq) fp32 retained attention mass; min is CRA proper.
+            None when the plan was made with ``reports=False`` (they cost a third pass over
+            the sampled rows; `sample_attention` skips it unless the plan is returned).
         density: (B, Hq) fp32 computed pairs / visible pairs.
         scores: (B, Hsel, n_seg, Sk) fp32 column scores (sum over sampled rows of the mass
             outside each row's window), or None.
@@ -54,8 +56,8 @@ class SparsePlan:
     window: torch.Tensor
     col_idx: torch.Tensor
     col_count: torch.Tensor
-    retained_mean: torch.Tensor
-    retained_min: torch.Tensor
+    retained_mean: torch.Tensor | None
+    retained_min: torch.Tensor | None
     density: torch.Tensor
     sampled_rows: torch.Tensor
     scores: torch.Tensor | None = field(default=None, repr=False)
@@ -109,13 +111,16 @@ class SparsePlan:
 
     def __repr__(self) -> str:
         n_sel = self.n_selected.to(torch.float32)
+        if self.retained_mean is None:
+            retained = "retained=not measured"
+        else:
+            retained = (f"retained_mean={float(self.retained_mean.mean()):.4f}, "
+                        f"retained_min={float(self.retained_min.min()):.4f}")
         return (
             f"SparsePlan(batch={self.batch}, seqlen_q={self.seqlen_q}, seqlen_k={self.seqlen_k}, "
             f"heads={self.nheads_q}/{self.nheads_kv}, granularity={self.gqa_granularity}, "
             f"segments={self.n_segments}, window={_span(self.window)}, "
-            f"selected_columns={_span(n_sel)}, density={self.mean_density:.4f}, "
-            f"retained_mean={float(self.retained_mean.mean()):.4f}, "
-            f"retained_min={float(self.retained_min.min()):.4f})"
+            f"selected_columns={_span(n_sel)}, density={self.mean_density:.4f}, {retained})"
         )
 
 
@@ -291,6 +296,7 @@ def select_and_report(
     setup: PlanSetup, config: SampleAttentionConfig, *, wmass: torch.Tensor, scores: torch.Tensor,
     stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], keep_scores: bool,
     rescore_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    reports: bool = True,
 ) -> SparsePlan:
     """Stage 2 and the plan's reports, from stage 1's outputs.
 
@@ -301,6 +307,7 @@ def select_and_report(
             the selected columns left of its window (computed by the caller's own means).
         rescore_of: for ``selection="rescored"``, ``(cand_idx, cand_count) -> (B, Hsel, kmax)``,
             the candidates' summed probability over the ranking rows (kernels or reference).
+        reports: measure the retained mass of the sampled rows (calls ``stripe_mass_of``).
     """
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
     window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
@@ -320,8 +327,10 @@ def select_and_report(
     else:
         col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
                                             reach=setup.reach_dev)
-    stripe = stripe_mass_of(col_idx, col_count)
-    _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
+    retained_mean = retained_min = None
+    if reports:
+        stripe = stripe_mass_of(col_idx, col_count)
+        _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
@@ -342,6 +351,7 @@ def plan(
     scale: float | None = None,
     heads: Mapping[int, HeadOverride] | None = None,
     keep_scores: bool = False,
+    reports: bool = True,
 ) -> SparsePlan:
     """Stages 1 and 2 with the Triton kernels: sample rows, score columns, select to reach alpha.
 
@@ -350,6 +360,8 @@ def plan(
         config: hyperparameters; ``heads`` optionally overrides alpha/window_ratio per query head.
         scale: softmax scale, default ``1 / sqrt(D)``.
         keep_scores: keep the (B, Hsel, n_seg, Sk) column scores in the plan.
+        reports: measure the sampled rows' retained mass (a third pass over them); False
+            leaves ``retained_mean``/``retained_min`` None, for the fast path.
     Returns:
         The `SparsePlan`.
     """
@@ -364,7 +376,7 @@ def plan(
     scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
                            min_window=setup.min_window, **common)
     return select_and_report(
-        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores,
+        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores, reports=reports,
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(
             q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
             q_per_sel=setup.q_per_sel, **common),

@@ -101,6 +101,7 @@ def plan_ref(
     scale: float | None = None,
     heads: Mapping[int, HeadOverride] | None = None,
     keep_scores: bool = False,
+    reports: bool = True,
 ) -> SparsePlan:
     """Stages 1-2 in plain PyTorch: same sampled rows and rule as `sampleattn.planning.plan`."""
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
@@ -136,7 +137,7 @@ def plan_ref(
                            block_m=setup.rank_block, m_stride=config.rescore_stride)
 
     return select_and_report(setup, config, wmass=wmass, scores=scores, stripe_mass_of=stripe_mass_of,
-                             keep_scores=keep_scores, rescore_of=rescore_of)
+                             keep_scores=keep_scores, rescore_of=rescore_of, reports=reports)
 
 
 def rescore_ref(

@@ -249,7 +249,8 @@ def sample_attention_forward(
         out = dense_attention(q, k, v, scale=scaling)
         _record(binding, layer, "dense-decode", seqlen_q, seqlen_k, None)
         return out.contiguous(), None
-    result = binding.operator(q, k, v, layer=layer, scale=scaling, return_plan=True)
+    # The plan (and its retained-mass reports) only when densities are recorded.
+    result = binding.operator(q, k, v, layer=layer, scale=scaling, return_plan=binding.records is not None)
     out, plan = result if isinstance(result, tuple) else (result, None)
     _record(binding, layer, "sparse" if plan is not None else "operator-dense", seqlen_q, seqlen_k, plan)
     return out.contiguous(), None
