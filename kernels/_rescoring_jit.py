@@ -54,7 +54,9 @@ def candidate_mass_kernel(
     d_mask = offs_d < HEAD_DIM
     k = tl.load(K + b * stride_kb + kv_h * stride_kh + cols[:, None].to(tl.int64) * stride_kn
                 + offs_d[None, :], mask=c_mask[:, None] & d_mask[None, :], other=0.0)
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    # Summed over rows once at the end: a per-tile sum over rows would reduce across warps on
+    # every iteration.
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     offset = seqlen_k - seqlen_q
     first_col = tl.load(cand_base + pid_c * BLOCK_C, mask=pid_c * BLOCK_C < n_cand, other=seqlen_k)
     LOG2E: tl.constexpr = 1.4426950408889634
@@ -80,7 +82,6 @@ def candidate_mass_kernel(
             keep = (m_mask & (lse2 > float("-inf")))[:, None] & c_mask[None, :]
             keep = keep & (cols[None, :] <= pos[:, None] - w)
             lse_ref = tl.where(lse2 > float("-inf"), lse2, 0.0)
-            p = tl.where(keep, tl.exp2(s - lse_ref[:, None]), 0.0)
-            acc += tl.sum(p, 0)
+            acc += tl.where(keep, tl.exp2(s - lse_ref[:, None]), 0.0)
 
-    tl.store(SCORE + b * stride_sb + sel64 * stride_sh + offs_c, acc, mask=c_mask)
+    tl.store(SCORE + b * stride_sb + sel64 * stride_sh + offs_c, tl.sum(acc, 0), mask=c_mask)

@@ -70,7 +70,7 @@ def _band_tiles(
 
 @triton.jit
 def sparse_attention_fwd_kernel(
-    Q, K, V, O, LSE, COL_IDX, COL_END, WINDOW,
+    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW,
     stride_qb, stride_qm, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -87,8 +87,8 @@ def sparse_attention_fwd_kernel(
 
     Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); LSE (B, Hq, Sq) fp32;
     COL_IDX (B, Hsel, n_seg, kmax) int32, ascending; COL_END (B, Hq, n_mblocks) int32, the
-    number of leading COL_IDX entries that lie left of the block's last row's window;
-    WINDOW (Hq,) int32.
+    number of leading COL_IDX entries that lie left of the block's last row's window; COL_ALL
+    (same shape and strides) the number left of its first row's window; WINDOW (Hq,) int32.
 
     Program ``pid_m`` takes query block ``pid_m * m_stride + m_first`` (stage 3: 1 and 0).
     ``LSE_ONLY`` (the rescoring pass) skips V, O and the P.V products and writes only LSE.
@@ -121,11 +121,25 @@ def sparse_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # (a) gathered stripe columns left of the window band.
+    # (a) gathered stripe columns left of the window band. The first COL_ALL entries lie left of
+    # the window of the block's first row, so every row keeps them: whole tiles of those need
+    # no mask. The rest (up to COL_END, left of the last row's window) are masked per row.
     seg = row0 // segment_rows
     n_cols = tl.load(COL_END + b * stride_eb + h64 * stride_eh + pid_m)
+    n_all = tl.load(COL_ALL + b * stride_eb + h64 * stride_eh + pid_m)
+    n_unmasked = (n_all // BLOCK_N) * BLOCK_N
     col_base = COL_IDX + b * stride_cb + sel_h * stride_ch + seg * stride_cs
-    for c0 in range(0, n_cols, BLOCK_N):
+    for c0 in range(0, n_unmasked, BLOCK_N):
+        offs_c = c0 + tl.arange(0, BLOCK_N)
+        cols64 = tl.load(col_base + offs_c).to(tl.int64)
+        k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+        if LSE_ONLY:
+            v = k  # unused
+        else:
+            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
+    for c0 in range(n_unmasked, n_cols, BLOCK_N):
         offs_c = c0 + tl.arange(0, BLOCK_N)
         c_mask = offs_c < n_cols
         cols = tl.load(col_base + offs_c, mask=c_mask, other=0)

@@ -23,10 +23,11 @@ MAX_GRID_Y = 65_535
 
 def columns_left_of_window(
     col_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
-    block_m: int, segment_rows: int, q_per_sel: int,
+    block_m: int, segment_rows: int, q_per_sel: int, first_row: bool = False,
 ) -> torch.Tensor:
     """For each (batch, query head, query block): how many leading selected columns lie left of
-    the window of the block's last row, i.e. are ``< last_pos - w + 1``.
+    the window of the block's last row, i.e. are ``< last_pos - w + 1`` (with ``first_row``: of
+    its first row, the columns every row of the block keeps).
 
     Args:
         col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with ``seqlen_k``.
@@ -39,7 +40,10 @@ def columns_left_of_window(
     mb_per_seg = segment_rows // block_m
     device = col_idx.device
     mb = torch.arange(n_seg * mb_per_seg, device=device)
-    last_pos = seqlen_k - seqlen_q + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
+    if first_row:
+        last_pos = seqlen_k - seqlen_q + torch.clamp(mb * block_m, max=seqlen_q - 1)
+    else:
+        last_pos = seqlen_k - seqlen_q + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
     w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
     hi = (last_pos.view(1, 1, -1) - w + 1).view(n_sel, q_per_sel, n_seg, mb_per_seg)
     hi = hi.permute(0, 2, 1, 3).reshape(1, n_sel, n_seg, q_per_sel * mb_per_seg)
@@ -105,10 +109,10 @@ def sparse_attention_fwd(
     if segment_rows % block_m:
         raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
     col_idx = col_idx.contiguous()
-    col_end = columns_left_of_window(
-        col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
-        segment_rows=segment_rows, q_per_sel=q_per_sel,
-    )
+    geometry = {"seqlen_q": seqlen_q, "seqlen_k": seqlen_k, "block_m": block_m, "segment_rows": segment_rows,
+                "q_per_sel": q_per_sel}
+    col_end = columns_left_of_window(col_idx, window, **geometry)
+    col_all = columns_left_of_window(col_idx, window, first_row=True, **geometry)
     return_lse = return_lse or lse_only
     out = torch.empty((1, 1, 1, 1), device=q.device, dtype=q.dtype) if lse_only else torch.empty_like(q)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32) if return_lse \
@@ -119,7 +123,7 @@ def sparse_attention_fwd(
     m_first = (n_mblocks - 1) % m_stride
     grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
-        q, k, v, out, lse, col_idx, col_end, window,
+        q, k, v, out, lse, col_idx, col_end, col_all, window,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sampleattn import sparse_attention
-from sampleattn.reference import attention_ref, causal_mask
+from sampleattn.reference import attention_ref, causal_mask, sparse_attention_ref
 
 from kernel_helpers import DEVICE, assert_close_to_golden, hand_plan, qkv, rel_err
 
@@ -151,3 +151,16 @@ def test_grid_limit_is_explicit():
     window = torch.ones(heads, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match="grid limit"):
         sparse_attention_fwd(q, k, k, col_idx, window, segment_rows=64, q_per_sel=1, scale=0.1)
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k,block_m,block_n", [(300, 300, 32, 16), (200, 450, 64, 32), (129, 129, 16, 16)])
+def test_small_tiles_run_both_gathered_loops(seqlen_q, seqlen_k, block_m, block_n):
+    """Many columns and small tiles: most column tiles lie left of every row's window (the
+    unmasked loop) and some straddle the block's windows (the masked loop)."""
+    g = torch.Generator().manual_seed(seqlen_k)
+    q, k, v = qkv(1, seqlen_q, seqlen_k, 4, 2, 64, torch.float32, seed=1)
+    columns = [[[torch.randperm(seqlen_k, generator=g)[: seqlen_k // 3].tolist()] for _ in range(4)]]
+    p = hand_plan(1, seqlen_q, seqlen_k, 4, 2, windows=[5, 12, 19, 26], columns=columns, block_m=block_m,
+                  scale=64 ** -0.5)
+    out = sparse_attention(q, k, v, p, block_m=block_m, block_n=block_n)
+    assert rel_err(out, sparse_attention_ref(q, k, v, p)) < 1e-5
