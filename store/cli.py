@@ -92,6 +92,14 @@ def _length(tokens: int | None) -> str:
     return "-" if tokens is None else format_length(tokens)
 
 
+def _selection(profile: Any) -> str:
+    """``sampled`` (the paper's rule) or ``rescored c=<candidate_alpha> s=<stride>``."""
+    config = profile.config.config
+    if config.selection == "sampled":
+        return "sampled"
+    return f"rescored c={config.candidate_alpha:.4g} s={config.rescore_stride}"
+
+
 def _overrides(profile: Any) -> str:
     layers = profile.config.layers
     heads = sum(len(o.heads) for o in layers.values())
@@ -125,6 +133,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             p.config.config.alpha,
             p.config.config.window_ratio,
             p.config.config.sample_ratio,
+            _selection(p),
             _overrides(p),
             p.metrics.rel_error,
             p.metrics.speedup,
@@ -134,8 +143,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         )
         for p in profiles
     ]
-    headers = ("MODEL", "LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "OVERRIDES", "REL_ERR", "SPEEDUP",
-               "DENSITY", "HASH", "UPDATED")
+    headers = ("MODEL", "LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "SELECTION", "OVERRIDES", "REL_ERR",
+               "SPEEDUP", "DENSITY", "HASH", "UPDATED")
     print(_table(headers, rows), file=out)
     return EXIT_OK
 
@@ -218,11 +227,12 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     print("\nprofiles", file=out)
     rows = [
         (_length(p.seq_len), p.calibration_kind, p.config.config.alpha, p.config.config.window_ratio,
-         p.config.config.sample_ratio, _overrides(p), p.metrics.rel_error, p.metrics.speedup, p.run,
+         p.config.config.sample_ratio, _selection(p), _overrides(p), p.metrics.rel_error, p.metrics.speedup, p.run,
          p.content_hash[:12])
         for p in profiles
     ]
-    print(_table(("LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "OVERRIDES", "REL_ERR", "SPEEDUP", "RUN", "HASH"), rows), file=out)
+    print(_table(("LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "SELECTION", "OVERRIDES", "REL_ERR", "SPEEDUP", "RUN",
+                  "HASH"), rows), file=out)
     print("\nruns", file=out)
     print(_runs_table(runs), file=out)
     return EXIT_OK

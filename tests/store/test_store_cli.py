@@ -55,8 +55,8 @@ def test_list(db):
     table = ok(sattn("--store", str(db), "list"))
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["MODEL", "LENGTH", "CALIB"]
-    assert lines[2].split()[:7] == ["llama-toy", "8k", "real", "0.93", "0.05", "0.05", "-"]
-    assert lines[4].split()[:7] == ["llama-toy", "32k", "real", "0.96", "0.04", "0.02", "2L/1H"]
+    assert lines[2].split()[:8] == ["llama-toy", "8k", "real", "0.93", "0.05", "0.05", "sampled", "-"]
+    assert lines[4].split()[:8] == ["llama-toy", "32k", "real", "0.96", "0.04", "0.02", "sampled", "2L/1H"]
     data = json.loads(ok(sattn("list", "--store", str(db), "--format", "json")))  # options after the command
     assert [(p["model"], p["seq_len"], p["calibration_kind"]) for p in data] == [
         ("llama-toy", 8192, "real"), ("llama-toy", 8192, "synthetic"), ("llama-toy", 32768, "real"),
