@@ -49,7 +49,10 @@ class SampleAttentionConfig(BaseModel):
         gqa_granularity: ``"query_head"`` selects one column set per query head (the paper's
             rule); ``"kv_head"`` sums the scores of the query heads that share a KV head and
             selects one set per group, so the kernel loads each gathered K/V row for the group.
-        dense_below: run dense attention (PyTorch SDPA) when seqlen_k is below this.
+        dense_below: run dense attention (PyTorch SDPA) when seqlen_k is below this. The default,
+            32768, is the measured break-even against cuDNN on the H200 (Llama-3-8B geometry,
+            real SmolLM2 heads: 0.81x at 16K, 1.58x at 32K; docs/benchmarks.md). Models with
+            few heads or small head dims break even later (SmolLM2's own geometry: tune it).
         block_m, block_n: query and key tile sizes of the sparse attention kernel.
         sample_block: rows per sampled block in stage 1 (sampled rows come in contiguous
             blocks of this many rows, spread at a regular stride; the last rows always included).
@@ -73,7 +76,7 @@ class SampleAttentionConfig(BaseModel):
     window_ratio: float = Field(0.08, ge=0.0, le=1.0)
     sample_ratio: float = Field(0.05, gt=0.0, le=1.0)
     gqa_granularity: GQAGranularity = "query_head"
-    dense_below: int = Field(16_384, ge=0)
+    dense_below: int = Field(32_768, ge=0)
     block_m: int = Field(128, ge=16, le=256)
     block_n: int = Field(128, ge=16, le=256)
     sample_block: int = Field(16, ge=16, le=128)
