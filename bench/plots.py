@@ -47,3 +47,89 @@ def plot_results(rows: list[dict], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path]:
+    """Two PNGs from a targets suite's ``suite.json`` (``bench/suite.py``): the speed-up against
+    SDPA cuDNN by length (real inputs, middle band, and synthetic inputs, alpha 0.95, window 8%,
+    sample 5%; the 1M point at window 1% / sample 1% against cuDNN measured at 1M when the run
+    measured it), and plan / stage-3 times of the 128K cases. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = [r for r in report["rows"] if "total_ms" in r]
+    paths = []
+
+    def speedup(r):
+        return r.get("speedup_vs_cudnn_measured") or r.get("speedup_vs_cudnn")
+
+    series = {
+        "real (SmolLM2 heads, middle band), w8% s5%": [
+            r for r in cases if r["part"] in ("breakeven", "main128k") and r["inputs"] != "synthetic"
+            and "real-mid" in r["label"]],
+        "real, 1M, w1% s1%": [r for r in cases if r["part"] == "1m" and (r["window_ratio"], r["sample_ratio"])
+                              == (0.01, 0.01)],
+        "synthetic (structured_qkv), w8% s5%": [r for r in cases if r["part"] in ("breakeven", "synth128k", "synth1m")
+                                                and r["inputs"] == "synthetic"],
+    }
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (name, rows), marker, dy in zip(series.items(), "osD", (6, 6, -12)):
+        points = sorted((r["seqlen"], speedup(r)) for r in rows if isinstance(speedup(r), float))
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=name)
+            for n, x in points:
+                ax.annotate(f"{x:.2f}x", (n, x), textcoords="offset points", xytext=(0, dy), ha="center", fontsize=7)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("speed-up vs SDPA cuDNN (alpha 0.95)")
+    ax.set_title(f"{report.get('env', {}).get('device', '')}, Llama-3-8B geometry, bf16", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / f"{prefix}speedup.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    long = [r for r in cases if r["seqlen"] == report.get("sizes", {}).get("long", 131072)
+            and r["geometry"] == report.get("sizes", {}).get("geometry", "llama3")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    labels = [r["label"].replace("128k ", "").replace(" (reference)", " ref").replace(" (choice)", "")
+              for r in long]
+    plan_ms = [r["plan_ms"] for r in long]
+    attn_ms = [r["attention_ms"] for r in long]
+    ax.bar(labels, plan_ms, label="plan (stages 1-2)")
+    ax.bar(labels, attn_ms, bottom=plan_ms, label="sparse attention (stage 3)")
+    cudnn = next((r["cudnn_ms"] for r in long if isinstance(r.get("cudnn_ms"), float)), None)
+    if cudnn:
+        ax.axhline(cudnn, color="black", ls="--", lw=0.8, label=f"SDPA cuDNN {cudnn:.0f} ms")
+    ax.set_ylabel("ms at 128K")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / f"{prefix}stages.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sampleattn.bench.plots SUITE_JSON --out DIR [--prefix P]``: the suite's PNGs."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.plots", description=main.__doc__)
+    parser.add_argument("suite_json")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--prefix", default="suite-")
+    args = parser.parse_args(argv)
+    for path in plot_suite(json.loads(Path(args.suite_json).read_text()), Path(args.out), args.prefix):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

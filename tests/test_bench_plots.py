@@ -1,0 +1,30 @@
+"""bench.plots.plot_suite draws the two PNGs from a suite.json-shaped report (dense rows skipped)."""
+
+from __future__ import annotations
+
+import json
+
+from sampleattn.bench import plots
+
+
+def _case(part, label, inputs, seqlen, speedup, window=0.08, sample=0.05, **extra):
+    return {"part": part, "label": label, "inputs": inputs, "geometry": "llama3", "seqlen": seqlen, "alpha": 0.95,
+            "window_ratio": window, "sample_ratio": sample, "plan_ms": 1.0, "attention_ms": 2.0, "total_ms": 3.0,
+            "cudnn_ms": 3.0 * speedup, "speedup_vs_cudnn": speedup, **extra}
+
+
+def test_plot_suite_writes_both_pngs(tmp_path):
+    report = {"env": {"device": "test"}, "sizes": {"long": 131072, "geometry": "llama3"}, "rows": [
+        {"part": "dense", "label": "dense baselines 131072", "seqlen": 131072, "cudnn": 9.0},
+        _case("breakeven", "32768 real-mid a0.95 w8% s5%", "smollm2-layer14", 32768, 1.5),
+        _case("breakeven", "32768 synthetic a0.95 w8% s5%", "synthetic", 32768, 1.1),
+        _case("main128k", "128k real-mid a0.95 w8% s5%", "smollm2-layer14", 131072, 2.5),
+        _case("synth128k", "128k synthetic a0.95 w8% s5%", "synthetic", 131072, 1.4),
+        _case("1m", "1m real-mid a0.95 w1% s1%", "smollm2-layer14", 1048576, 8.0, 0.01, 0.01,
+              speedup_vs_cudnn_measured=8.5),
+    ]}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(report))
+    assert plots.main([str(path), "--out", str(tmp_path / "png"), "--prefix", "x-"]) == 0
+    for name in ("x-speedup.png", "x-stages.png"):
+        assert (tmp_path / "png" / name).read_bytes()[:4] == b"\x89PNG"
