@@ -127,15 +127,20 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out_dir: Path) -> list
         markers = {"sample_attention": "o", "sample_attention_rescored": "h", "tuned": "*", "pooled": "D",
                    "rescored_proto": "d", "oracle": "P", "window": "s",
                    "streamingllm": "^", "bigbird": "v", "vertical_slash": "X"}
+        # One colour per method family across every panel (a panel missing a family must not
+        # shift the others' colours).
+        families = sorted({r["family"] for r in summary["fidelity"] if r["family"] != "full"},
+                          key=lambda f: _order(f, f))
+        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colors = {family: palette[i % len(palette)] for i, family in enumerate(families)}
         for col, length in enumerate(lengths):
             rows = [r for r in summary["fidelity"] if r["length"] == length and r["family"] != "full"]
-            for family in sorted({r["family"] for r in rows}, key=lambda f: _order(f, f)):
+            for family in [f for f in families if any(r["family"] == f for r in rows)]:
                 fam = sorted((r for r in rows if r["family"] == family), key=lambda r: r["density"])
                 x = [r["density"] for r in fam]
-                axes[0][col].plot(x, [max(r["kl"], 1e-6) for r in fam], marker=markers.get(family, "o"),
-                                  label=family)
-                axes[1][col].plot(x, [100 * r["top1"] for r in fam], marker=markers.get(family, "o"),
-                                  label=family)
+                style = {"marker": markers.get(family, "o"), "color": colors[family], "label": family}
+                axes[0][col].plot(x, [max(r["kl"], 1e-6) for r in fam], **style)
+                axes[1][col].plot(x, [100 * r["top1"] for r in fam], **style)
             axes[0][col].set_yscale("log")
             axes[0][col].set_title(f"{length:,} tokens")
             axes[0][col].set_ylabel("KL to full attention (nats/token)")
