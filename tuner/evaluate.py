@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,7 +55,6 @@ __all__ = [
     "TrialResult",
     "estimate_sparse_ms",
     "ranking_cost",
-    "measure_cpu_ms",
     "measure_cuda_ms",
     "sampled_fraction",
 ]
@@ -147,18 +145,6 @@ def ranking_cost(plan) -> float:
     return float(plan.candidate_density.mean()) * plan.ranking_fraction
 
 
-def measure_cpu_ms(fn, *, warmup: int = 1, repeats: int = 3) -> float:
-    """Median wall time (ms) of ``fn()`` on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def measure_cuda_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
     """Median time (ms) of ``fn()`` on the current CUDA device, timed with CUDA events."""
     from sampleattn.timing import cuda_ms
@@ -237,11 +223,12 @@ class LayerEvaluator:
     def _dense_ms(self) -> float:
         """Time of one dense SDPA call at the calibration shape (measured on this device)."""
         from sampleattn.attention import dense_attention
+        from sampleattn.timing import wall_ms
 
         q, k, v, _, _ = self.data[0][self.layers[0]]
         if self.cuda:
             return measure_cuda_ms(lambda: dense_attention(q, k, v))
-        return measure_cpu_ms(lambda: dense_attention(q, k, v))
+        return wall_ms(lambda: dense_attention(q, k, v), warmup=1, repeat=3)
 
     def _plan(self, q, k, config, heads):
         if self.plan_backend == "triton":
