@@ -160,7 +160,9 @@ def sample_attention(
     if dense and not return_lse:
         out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
     else:
-        run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0}) if dense else config
+        # Dense through the kernel (for the lse): a full window, and no rescoring passes.
+        run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0, "selection": "sampled"}) \
+            if dense else config
         with static_kmax_scope() if static_kmax else contextlib.nullcontext():
             if chosen == "torch":
                 from .reference import plan_ref

@@ -111,6 +111,12 @@ class SampleAttentionConfig(BaseModel):
                 )
         return self
 
+    def candidate_alpha_for(self, alpha: float) -> float:
+        """Stage A's alpha for another alpha (a layer's or a head's) with this config's share of
+        the remaining mass: ``alpha + share * (1 - alpha)``, at least ``candidate_alpha``."""
+        share = 1.0 if self.alpha >= 1.0 else max(0.0, (self.candidate_alpha - self.alpha) / (1.0 - self.alpha))
+        return min(1.0, max(self.candidate_alpha, alpha + share * (1.0 - alpha)))
+
     def window_size(self, seqlen_k: int) -> int:
         """Window width in keys for a key length: ``ceil(window_ratio * seqlen_k)``."""
         return ceil_ratio(self.window_ratio, seqlen_k)
@@ -178,12 +184,21 @@ class ModelAttentionProfile(BaseModel):
                     )
 
     def layer_config(self, layer: int) -> SampleAttentionConfig:
-        """The config of one layer, with its override (not its head overrides) applied."""
+        """The config of one layer, with its override (not its head overrides) applied.
+
+        Under ``selection="rescored"`` a layer's alpha keeps the profile's candidate share (the
+        part of the mass above alpha that stage A adds): ``candidate_alpha`` rises with alpha,
+        never below the profile's (`SampleAttentionConfig.candidate_alpha_for`).
+        """
         override = self.layers.get(layer)
         if override is None:
             return self.config
         changes = override.model_dump(exclude={"heads"}, exclude_none=True)
-        return self.config.model_copy(update=changes) if changes else self.config
+        if not changes:
+            return self.config
+        if self.config.selection == "rescored" and "alpha" in changes:
+            changes["candidate_alpha"] = self.config.candidate_alpha_for(changes["alpha"])
+        return SampleAttentionConfig.model_validate({**self.config.model_dump(), **changes})
 
     def head_overrides(self, layer: int) -> dict[int, HeadOverride]:
         """Per-head overrides of one layer (query-head index -> override)."""

@@ -282,8 +282,9 @@ def _shape_setup(
               "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
               "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device)}
     if config.selection == "rescored":
-        # Stage A keeps at least each head's own alpha (a head override may exceed candidate_alpha).
-        candidate = torch.clamp(selection_alpha(alpha, q_per_sel), min=config.candidate_alpha)
+        # A head override of alpha keeps the config's candidate share (never below candidate_alpha).
+        candidate = torch.tensor([config.candidate_alpha_for(float(a)) for a in selection_alpha(alpha, q_per_sel)],
+                                 dtype=torch.float32)
         block = ranking_block(config.block_m, head_dim)
         rank_rows = ranking_rows(seqlen_q, block, config.rescore_stride)
         pairs = ranked_pairs(window, rank_rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_per_sel=q_per_sel)

@@ -99,6 +99,10 @@ def content_hash(config: ModelAttentionProfile) -> str:
     whatever model, length or store they belong to.
     """
     data = json.loads(config.model_dump_json())
+    if data["config"].get("selection") == "sampled":
+        # the rescoring parameters do nothing under the paper's rule
+        for name in ("candidate_alpha", "rescore_stride"):
+            data["config"].pop(name, None)
     for name, default in LATER_CONFIG_FIELDS.items():
         if data["config"].get(name) == default:
             del data["config"][name]

@@ -131,3 +131,31 @@ def test_bad_rescoring_configs_are_refused_with_a_reason():
         SampleAttentionConfig(selection="everything")
     with pytest.raises(ValidationError):
         SampleAttentionConfig(rescore_stride=0)
+
+
+def test_a_layer_alpha_above_candidate_alpha_keeps_the_candidate_share():
+    from sampleattn import ModelAttentionProfile
+    from sampleattn.config import LayerOverride
+
+    base = SampleAttentionConfig(selection="rescored", alpha=0.85, candidate_alpha=0.925)  # share 0.5
+    profile = ModelAttentionProfile(config=base, layers={1: LayerOverride(alpha=0.99), 2: LayerOverride(alpha=0.5)})
+    raised = profile.layer_config(1)
+    assert raised.alpha == 0.99 and raised.candidate_alpha == pytest.approx(0.995)
+    assert profile.layer_config(2).candidate_alpha == 0.925  # never below the profile's
+    # the rescored set at alpha 0.99 then holds at least the mass the paper's rule keeps
+    q, k, _ = structured_qkv(1, 256, 256, 2, 1, 64, seed=5)
+    rescored = plan_ref(q, k, raised.model_copy(update={"dense_below": 0, "block_m": 32}))
+    assert rescored.mean_density > 0
+
+
+def test_dense_path_with_lse_runs_no_rescoring(monkeypatch):
+    import sampleattn.reference as reference
+
+    calls = []
+    real = reference.rescore_ref
+    monkeypatch.setattr(reference, "rescore_ref", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = qkv(1, 96, 96, 2, 1, 64, torch.float32, seed=2)
+    config = SampleAttentionConfig(selection="rescored", dense_below=10**6, block_m=32)
+    out, lse = sample_attention(q, k, v, config, return_lse=True, backend="torch")
+    assert calls == []
+    assert rel_err(out, attention_ref(q, k, v)) < 1e-5

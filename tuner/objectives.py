@@ -150,6 +150,9 @@ def config_from_params(params: Mapping[str, Any], base: SampleAttentionConfig | 
     names = ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below", "selection",
              "candidate_alpha", "rescore_stride")
     known = {k: params[k] for k in names if k in params}
+    if "alpha" in known and "candidate_alpha" not in known and known.get("selection", base.selection) == "rescored":
+        # stage 2 moves alpha alone: keep the base's candidate share (as layer overrides do)
+        known["candidate_alpha"] = base.candidate_alpha_for(known["alpha"])
     if known:  # validate the combination (candidate_alpha >= alpha), not just copy it
         return SampleAttentionConfig.model_validate({**base.model_dump(), **known})
     return base.model_copy(update=known) if known else base

@@ -173,7 +173,7 @@ def _layers_tag(layers: Sequence[int] | None) -> str:
 
 def _selections_tag(selections: Sequence[str]) -> str:
     # The paper's rule alone keeps the names of studies made before the option existed.
-    return "" if tuple(selections) == ("sampled",) else "/selection=" + ",".join(selections)
+    return "" if tuple(selections) == ("sampled",) else "/selection=" + ",".join(sorted(selections))
 
 
 def study_name(options: TuneOptions, length: int, device: str, stage: str | None = None) -> str:
@@ -554,7 +554,7 @@ def _per_layer_stage(ctx: _Ctx, length: int, base: SampleAttentionConfig, best, 
 
     def ask(trial):
         params = suggest_layer_params(trial)
-        return params, ModelAttentionProfile(config=base.model_copy(update=params))
+        return params, ModelAttentionProfile(config=config_from_params(params, base))
 
     _run_trials(ctx, study, name, length, n_target, ask, desc=f"{format_length(length)} per-layer")
     from optuna.trial import TrialState
@@ -705,6 +705,9 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         probe = optuna.create_study(directions=["minimize", "minimize"])
+        if "rescored" in options.selections and len(options.selections) > 1:
+            # a rescored probe asks every parameter, so the recorded space is complete
+            probe.enqueue_trial({"selection": "rescored"})
         t = probe.ask()
         t.set_user_attr("baseline", "dense")
         suggest_params(t, options.lengths[0], options.selections)
