@@ -142,7 +142,7 @@ def test_a_layer_alpha_above_candidate_alpha_keeps_the_candidate_share():
     raised = profile.layer_config(1)
     assert raised.alpha == 0.99 and raised.candidate_alpha == pytest.approx(0.995)
     assert profile.layer_config(2).candidate_alpha == 0.925  # never below the profile's
-    # the rescored set at alpha 0.99 then holds at least the mass the paper's rule keeps
+    # and the layer plans (the candidates at 0.995 reach its alpha)
     q, k, _ = structured_qkv(1, 256, 256, 2, 1, 64, seed=5)
     rescored = plan_ref(q, k, raised.model_copy(update={"dense_below": 0, "block_m": 32}))
     assert rescored.mean_density > 0
