@@ -14,7 +14,7 @@ import triton
 
 from ._rescoring_jit import candidate_mass_kernel
 from .sampling import _block_d, dot_precision
-from .sparse_attention import sparse_attention_fwd
+from .sparse_attention import MAX_GRID_Y, sparse_attention_fwd
 
 __all__ = ["rescore_candidates"]
 
@@ -40,8 +40,13 @@ def rescore_candidates(
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
-    if cand_idx.shape[2] != 1:
-        raise ValueError("rescoring selects one column set per head: cand_idx must have one segment")
+    if cand_idx.dim() != 4 or cand_idx.shape[2] != 1:
+        raise ValueError(f"cand_idx must be (B, Hsel, 1, kmax): one column set per head, got {tuple(cand_idx.shape)}")
+    if cand_idx.dtype != torch.int32 or cand_count.dtype != torch.int32:
+        raise ValueError(f"cand_idx and cand_count must be int32, got {cand_idx.dtype} and {cand_count.dtype}")
+    if batch * cand_idx.shape[1] > MAX_GRID_Y:
+        raise ValueError(f"batch * selection heads = {batch * cand_idx.shape[1]} exceeds the CUDA grid limit "
+                         f"{MAX_GRID_Y}; split the batch into smaller calls")
     segment_rows = triton.cdiv(seqlen_q, block_m) * block_m
     _, lse = sparse_attention_fwd(q, k, k, cand_idx, window, segment_rows=segment_rows, q_per_sel=q_per_sel,
                                   scale=scale, block_m=block_m, block_n=64, lse_only=True, m_stride=m_stride)

@@ -256,8 +256,18 @@ def prepare_plan(
     batch, seqlen_q, nheads_q, _ = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     head_items = tuple(sorted((heads or {}).items()))
-    shared = _shape_setup(config, head_items, nheads_q, nheads_kv, q.shape[3], seqlen_q, seqlen_k,
-                          str(q.device))
+    key = (config, head_items, nheads_q, nheads_kv, q.shape[3], seqlen_q, seqlen_k, str(q.device))
+    try:
+        shared = _shape_setup(*key)
+    except RuntimeError as error:
+        if q.is_cuda and torch.cuda.is_current_stream_capturing():
+            # A first call at these shapes uploads small tensors, which a graph capture forbids.
+            raise RuntimeError(
+                "SampleAttention was first called at these shapes, config and head overrides inside "
+                "a CUDA-graph capture; run it once with the same inputs' shapes (and static_kmax) "
+                "before capturing"
+            ) from error
+        raise
     return PlanSetup(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q,
                      nheads_kv=nheads_kv, scale=default_scale(q, scale), **shared)
 

@@ -159,3 +159,15 @@ def test_dense_path_with_lse_runs_no_rescoring(monkeypatch):
     out, lse = sample_attention(q, k, v, config, return_lse=True, backend="torch")
     assert calls == []
     assert rel_err(out, attention_ref(q, k, v)) < 1e-5
+
+
+def test_rescoring_kernel_refuses_bad_candidate_tensors():
+    q, k, _ = qkv(1, 64, 64, 2, 1, 64, torch.float32)
+    window = torch.tensor([8, 8], dtype=torch.int32, device=DEVICE)
+    cand = torch.zeros(1, 2, 1, 4, dtype=torch.int64, device=DEVICE)
+    count = torch.ones(1, 2, 1, dtype=torch.int32, device=DEVICE)
+    kw = {"q_per_sel": 1, "scale": 0.125, "block_m": 32, "m_stride": 1}
+    with pytest.raises(ValueError, match="int32"):
+        rescore_candidates(q, k, cand, count, window, **kw)
+    with pytest.raises(ValueError, match="one column set per head"):
+        rescore_candidates(q, k, cand.to(torch.int32).view(1, 2, 2, 2), count, window, **kw)
