@@ -21,6 +21,26 @@ import triton.language as tl
 
 
 @triton.jit
+def _sampled_rows_tile(
+    Q, ROWS, WINDOW, pid_r, b, h64, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """One block of sampled rows of query head ``h64``: their slots, row indices (-1 for
+    padding) and mask, absolute positions, the head's window, the head-dim offsets and mask,
+    and the (BLOCK_S, BLOCK_D) query tile (zeros for padding)."""
+    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
+    rows = tl.load(ROWS + slots)
+    r_mask = rows >= 0
+    pos = seqlen_k - seqlen_q + rows
+    w = tl.load(WINDOW + h64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    return slots, rows, r_mask, pos, w, offs_d, d_mask, q
+
+
+@triton.jit
 def sampled_row_stats_kernel(
     Q, K, ROWS, WINDOW, LSE2, WMASS,
     stride_qb, stride_qm, stride_qh,
@@ -37,16 +57,9 @@ def sampled_row_stats_kernel(
     h64 = h.to(tl.int64)
     kv_h = (h // q_per_kv).to(tl.int64)
 
-    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
-    rows = tl.load(ROWS + slots)
-    r_mask = rows >= 0
-    pos = seqlen_k - seqlen_q + rows
-    w = tl.load(WINDOW + h)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-
-    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
-                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    slots, rows, r_mask, pos, w, offs_d, d_mask, q = _sampled_rows_tile(
+        Q, ROWS, WINDOW, pid_r, b, h64, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+        HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S)
     k_base = K + b * stride_kb + kv_h * stride_kh
 
     m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
@@ -156,15 +169,9 @@ def stripe_mass_kernel(
     kv_h = (h // q_per_kv).to(tl.int64)
     sel_h = (h // q_per_sel).to(tl.int64)
 
-    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
-    rows = tl.load(ROWS + slots)
-    r_mask = rows >= 0
-    pos = seqlen_k - seqlen_q + rows
-    w = tl.load(WINDOW + h)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
-                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    slots, rows, r_mask, pos, w, offs_d, d_mask, q = _sampled_rows_tile(
+        Q, ROWS, WINDOW, pid_r, b, h64, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+        HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S)
     lse2 = tl.load(LSE2 + b * stride_lb + h64 * stride_lh + slots)
     seg = tl.load(BLOCK_SEG + pid_r)
     n_cols = tl.load(COL_COUNT + b * stride_nb + sel_h * stride_nh + seg)
