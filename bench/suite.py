@@ -25,13 +25,33 @@ Parts, in the default order (``--parts`` picks and orders them):
                Llama-geometry construction does not change the picture.
 ``synth1m``    the operator at 1M on the synthetic inputs (dense-ish: one timed call).
 
+Parts added after the first GPU run (after the ones above in the default order, so that a rerun
+of the first nine stays comparable; ``--parts flex128k,alphas128k,...`` runs them alone):
+
+``flex128k``   128K real (middle and late bands), alpha 0.95 / 8% / 5%: cuDNN, flash and
+               FlexAttention dense causal timed side by side, and FlexAttention block-sparse with
+               the operator's selection rounded to 128x128 blocks (`harness.flex_block_sparse_ms`,
+               where its block mask fits in memory).
+``alphas128k`` 128K real (both bands), alpha 0.80 and 0.90 at window 8% / sample 5%.
+``grid128k``   128K real (middle band), alpha 0.95: windows 2/4/8% x sample ratios 1/2/5%.
+``chatglm2``   128K real (both bands) in ChatGLM2-6B's geometry (32 query / 2 KV heads, d128).
+``batch4``     32K real (both bands), batch 4, Llama-3-8B geometry.
+``mid512k``    256K and 512K real (middle band) at w8% s5% and w1% s1% against cuDNN measured at
+               each length: the speed-up curve between 128K and 1M. Everything longer than 128K
+               is freed before it starts and after each length (1M-class inputs never meet these).
+
+Each added part first frees every input longer than 128K tokens; the parts that capture inputs no
+other part uses (chatglm2, batch4, mid512k) free them when they end.
+
 Before each case the time left is compared with the case's estimate; a case that does not fit is
 recorded as skipped. Every finished case is appended to ``OUT/results.jsonl`` and ``OUT/suite.json``
 (rows, targets, skipped cases, environment) is rewritten, so a run stopped early keeps what it
 measured. A table of the targets is printed last. Exit status 0, or 1 if a case's own check failed.
 
 ``--dry-run``: the same parts at tiny sizes on the CPU (kernels under TRITON_INTERPRET=1, wall-clock
-times, PyTorch's default SDPA in place of cuDNN/flash), to find crashes before spending GPU time.
+times, PyTorch's default SDPA in place of cuDNN/flash, FlexAttention not timed), to find crashes
+before spending GPU time. ``--no-real``: no SmolLM2 capture; the synthetic parts, and the added
+parts on synthetic inputs in place of the real ones (middle band only).
 """
 
 from __future__ import annotations
@@ -47,7 +67,11 @@ import time
 import traceback
 from pathlib import Path
 
-PARTS = ("main128k", "synth128k", "alpha099", "breakeven", "rescored", "1m", "dense1m", "native128k", "synth1m")
+FIRST_PARTS = ("main128k", "synth128k", "alpha099", "breakeven", "rescored", "1m", "dense1m", "native128k",
+               "synth1m")
+#: Added after the first GPU run; after FIRST_PARTS in the default order.
+ADDED_PARTS = ("flex128k", "alphas128k", "grid128k", "chatglm2", "batch4", "mid512k")
+PARTS = FIRST_PARTS + ADDED_PARTS
 
 
 @dataclasses.dataclass
@@ -64,15 +88,35 @@ class Sizes:
     repeat: int
     huge_repeat: int
     scale: float  # multiplies every time estimate (dry runs: tiny)
+    mid: tuple[int, ...] = (262144, 524288)  # mid512k: the lengths between `long` and `huge`
+    batch_seqlen: int = 32768  # batch4: the length
+    batch: int = 4  # batch4: the batch
+    grid_step: int = 1  # grid128k: every grid_step-th point (dry runs: 3 of 9, the same code path)
 
 
 GPU_SIZES = Sizes("llama3", 131072, 1048576, (262144, 524288), (4096, 8192, 16384, 32768, 65536), 14, 24,
                   repeat=7, huge_repeat=2, scale=1.0)
-DRY_SIZES = Sizes("smollm2", 512, 512, (256, 512), (256, 512), 14, 24, repeat=1, huge_repeat=1, scale=0.0)
+DRY_SIZES = Sizes("smollm2", 512, 512, (256, 512), (256, 512), 14, 24, repeat=1, huge_repeat=1, scale=0.0,
+                  mid=(256, 512), batch_seqlen=256, batch=4, grid_step=4)
 
 GRID_099 = [(0.04, 0.02), (0.02, 0.01), (0.04, 0.01), (0.02, 0.02), (0.08, 0.02), (0.08, 0.01), (0.04, 0.05),
             (0.02, 0.05)]
 HUGE_CONFIGS = [(0.01, 0.01), (0.02, 0.01), (0.01, 0.02)]
+ALPHAS_128K = (0.80, 0.90)
+GRID_128K = [(w, s) for w in (0.08, 0.04, 0.02) for s in (0.05, 0.02, 0.01)]  # w8% s5% first: the reference
+MID_CONFIGS = [(0.08, 0.05), (0.01, 0.01)]  # the 128K configuration and the 1M one
+
+# Time estimates (seconds on the H200, before `Sizes.scale`) of the added parts; guesses from the
+# run of 2026-11-29, not measurements of these cases.
+EST_CAPTURE_FIRST = 60  # the first SmolLM2 capture of a process: model load + a 128K prefill
+EST_CAPTURE_128K = 25  # a later 128K capture (both bands)
+EST_FLEX_BASELINES = 45  # cuDNN + flash + FlexAttention dense at 128K, FlexAttention's compile included
+EST_FLEX_CASE_FIRST = 35  # an operator case + FlexAttention block-sparse (its compile included)
+EST_FLEX_CASE = 12
+EST_CASE_128K = 6
+EST_CASE_128K_SHORT = 5  # repeat 5 after 1 warm-up
+EST_BATCH4 = {"capture": 15, "dense": 5, "case": 6}
+EST_MID = {262144: {"capture": 20, "dense": 5, "case": 10}, 524288: {"capture": 40, "dense": 16, "case": 25}}
 
 
 class Suite:
@@ -87,7 +131,7 @@ class Suite:
         if args.dry_run and args.dry_length:
             n = args.dry_length
             self.sizes = dataclasses.replace(self.sizes, long=n, huge=n, extrapolate_from=(n // 2, n),
-                                             breakeven=(n // 2, n))
+                                             breakeven=(n // 2, n), mid=(n // 2, n), batch_seqlen=n // 2)
         if args.geometry:
             self.sizes = dataclasses.replace(self.sizes, geometry=args.geometry)
         self.geometry = harness.GEOMETRIES[self.sizes.geometry]
@@ -102,8 +146,8 @@ class Suite:
         self.skipped: list[dict] = []
         self.errors: list[dict] = []
         self.notes: list[str] = []
-        self.inputs: dict[tuple, tuple] = {}  # (kind, seqlen) -> (q, k, v)
-        self.baselines: dict[int, dict] = {}  # seqlen -> dense times
+        self.inputs: dict[tuple, tuple] = {}  # (kind, seqlen, geometry, batch) -> (q, k, v)
+        self.baselines: dict[int | tuple, dict] = {}  # seqlen (this geometry, batch 1) or a key -> dense times
         self.alpha099_choice: tuple[float, float] | None = None
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -139,7 +183,9 @@ class Suite:
         short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                  if k in ("part", "label", "inputs", "seqlen", "alpha", "window_ratio", "sample_ratio", "density",
                           "error", "plan_ms", "attention_ms", "total_ms", "cudnn_ms", "speedup_vs_cudnn",
-                          "speedup_vs_flash", "first_call_s", "kernels_compiled", "check_ok", "elapsed_s")}
+                          "speedup_vs_flash", "speedup_vs_flex", "flex_block_sparse_ms",
+                          "speedup_vs_flex_block_sparse", "first_call_s", "kernels_compiled", "check_ok",
+                          "elapsed_s")}
         print(json.dumps(short), flush=True)
         self.save()
         return row
@@ -161,33 +207,36 @@ class Suite:
             self.save()
 
     # ---- inputs and baselines ----------------------------------------------------------------
-    def real(self, seqlen: int, band: str, geometry=None):
+    def real(self, seqlen: int, band: str, geometry=None, batch: int = 1):
         """Real SmolLM2 q/k/v of the middle or late layer band at ``seqlen``, in ``geometry``.
         One prefill captures both bands at a length; the tensors are kept until `drop`."""
         geometry = geometry or self.geometry
-        key = (band, seqlen, geometry.name)
+        key = (band, seqlen, geometry.name, batch)
         if key not in self.inputs:
             h = self.h
             bands = {"mid": h.smollm2_layers_for(geometry, self.sizes.mid_layer),
                      "late": h.smollm2_layers_for(geometry, self.sizes.late_layer)}
             wanted = [band] if seqlen > self.sizes.long else list(bands)  # at 1M: the band asked for only
             layers = sorted({layer for b in wanted for layer in bands[b]})
+            first = not any(note.startswith("SmolLM2 capture") for note in self.notes)
             started = time.time()
-            captured = h.capture_smollm2(seqlen, layers, device=self.device)
+            captured = h.capture_smollm2(seqlen, layers, batch=batch, device=self.device)
             capture_s = time.time() - started
             for b in wanted:
-                self.inputs[(b, seqlen, geometry.name)] = h.smollm2_to_geometry(captured, bands[b], geometry,
-                                                                                dtype=self.dtype)
+                self.inputs[(b, seqlen, geometry.name, batch)] = h.smollm2_to_geometry(captured, bands[b], geometry,
+                                                                                       dtype=self.dtype)
             del captured
-            self.notes.append(f"SmolLM2 capture at {seqlen} tokens, layers {layers} (bands {wanted}): "
-                              f"{capture_s:.1f} s (includes the first model load), RoPE scaling "
+            self.notes.append(f"SmolLM2 capture at {seqlen} tokens{f' x batch {batch}' if batch > 1 else ''}, "
+                              f"{geometry.name} geometry, layers {layers} (bands {wanted}): "
+                              f"{capture_s:.1f} s{' (includes the model load)' if first else ''}, RoPE scaling "
                               f"{h.smollm2_rope_scaling()}")
         return self.inputs[key]
 
-    def synthetic(self, seqlen: int):
-        key = ("synthetic", seqlen, self.geometry.name)
+    def synthetic(self, seqlen: int, geometry=None, batch: int = 1):
+        geometry = geometry or self.geometry
+        key = ("synthetic", seqlen, geometry.name, batch)
         if key not in self.inputs:
-            self.inputs[key] = self.h.make_inputs(self.geometry, seqlen, 1, "synthetic", device=self.device,
+            self.inputs[key] = self.h.make_inputs(geometry, seqlen, batch, "synthetic", device=self.device,
                                                   dtype=self.dtype)
         return self.inputs[key]
 
@@ -198,35 +247,70 @@ class Suite:
         if self.device == "cuda":
             self.torch.cuda.empty_cache()
 
-    def dense(self, seqlen: int, qkv, *, flash: bool = True, warmup: int = 2, repeat: int | None = None) -> dict:
+    def drop_above(self, seqlen: int) -> None:
+        """Free every input longer than ``seqlen`` tokens (the added parts' first step: the 1M
+        inputs of `1m`/`dense1m`/`synth1m` must not meet the 256K/512K ones)."""
+        for key in [k for k in self.inputs if k[1] > seqlen]:
+            del self.inputs[key]
+        gc.collect()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def drop_where(self, geometry: str | None = None, batch: int | None = None) -> None:
+        for key in [k for k in self.inputs if (geometry is None or k[2] == geometry) and (batch is None or k[3] == batch)]:
+            del self.inputs[key]
+        gc.collect()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def dense(self, seqlen: int, qkv, *, flash: bool = True, flex: bool = False, warmup: int = 2,
+              repeat: int | None = None) -> dict:
         """cuDNN (and flash) at ``seqlen``, measured once per length: dense attention's time does
-        not depend on the values, so every input kind at that length shares it."""
-        if seqlen not in self.baselines:
-            q, k, v = qkv
+        not depend on the values, so every input kind at that length shares it. With ``flex``,
+        FlexAttention (dense causal) too, and cuDNN/flash again next to it if they were timed
+        without it. Inputs in another geometry or batch than the suite's get their own entry."""
+        q, k, v = qkv
+        geometry = self.geometry_name(q, k)
+        key = seqlen if (geometry, q.shape[0]) == (self.geometry.name, 1) else (geometry, q.shape[0], seqlen)
+        if key not in self.baselines or (flex and "flex" not in self.baselines[key]):
             backends = ("cudnn", "flash") if flash else ("cudnn",)
-            times = self.h.dense_baselines(q, k, v, repeat=repeat or self.sizes.repeat, flex=False,
+            times = self.h.dense_baselines(q, k, v, repeat=repeat or self.sizes.repeat, flex=flex,
                                            warmup=0 if self.args.dry_run else warmup, backends=backends)
+            if flex and "flex" not in times:  # the CPU: FlexAttention is timed on a GPU only
+                times.update(flex=None, flex_error="not timed on the CPU")
             times["measured_on"] = f"{seqlen} tokens, warmup {warmup}, repeat {repeat or self.sizes.repeat}"
-            self.baselines[seqlen] = times
-            self.record({"part": "dense", "label": f"dense baselines {seqlen}", "seqlen": seqlen,
-                         **{k_: v_ for k_, v_ in times.items()}})
-        return self.baselines[seqlen]
+            self.baselines[key] = times
+            label = f"dense baselines {seqlen}" if isinstance(key, int) else \
+                f"dense baselines {seqlen} {geometry} batch {q.shape[0]}"
+            self.record({"part": "dense", "label": label, "seqlen": seqlen, "geometry": geometry,
+                         "batch": q.shape[0], **{k_: v_ for k_, v_ in times.items()}})
+        return self.baselines[key]
+
+    def geometry_name(self, q, k) -> str:
+        shape = (q.shape[2], k.shape[2], q.shape[3])
+        return next((g.name for g in self.h.GEOMETRIES.values() if (g.nheads_q, g.nheads_kv, g.head_dim) == shape),
+                    "{}/{}/d{}".format(*shape))
 
     def case(self, part: str, label: str, inputs: str, seqlen: int, qkv, alpha: float, window: float,
              sample: float, *, options: tuple = (), repeat: int | None = None, warmup: int = 2,
-             memory: bool = False, baselines: dict | None = None) -> dict:
+             memory: bool = False, baselines: dict | None = None, flex_sparse: bool = False,
+             band: str | None = None) -> dict:
         h = self.h
         q, k, v = qkv
-        case = h.Case(self.geometry.name if q.shape[2] == self.geometry.nheads_q else "smollm2", seqlen, 1, inputs,
-                      alpha, window, sample, "kv_head", options=options)
+        case = h.Case(self.geometry_name(q, k), seqlen, q.shape[0], inputs, alpha, window, sample, "kv_head",
+                      options=options)
         base = baselines if baselines is not None else self.baselines.get(seqlen, {})
         if self.args.dry_run:  # the interpreter takes seconds per call: one untimed-warm-up run
             repeat, warmup = 1, 0
         row = h.run_case(case, q, k, v, base, error_rows=self.args.error_rows, repeat=repeat or self.sizes.repeat,
-                         warmup=warmup, flex_sparse=False)
+                         warmup=warmup, flex_sparse=flex_sparse)
         if memory:
             row["extra_memory_gib"], row["extra_memory_vs_inputs"] = h.extra_memory_gib(q, k, v, case.config())
+        if isinstance(row.get("flex_block_sparse_ms"), float):
+            row["speedup_vs_flex_block_sparse"] = row["flex_block_sparse_ms"] / row["total_ms"]
         row.update(part=part, label=label)
+        if band is not None:
+            row["band"] = band
         if "cudnn_extrapolated" in base:
             row["cudnn_extrapolated"] = base["cudnn_extrapolated"]
         return self.record(row)
@@ -254,7 +338,7 @@ class Suite:
         qkv = self.synthetic(s.long)
         self.dense(s.long, qkv)
         self.case("synth128k", "128k synthetic a0.95 w8% s5%", "synthetic", s.long, qkv, 0.95, 0.08, 0.05)
-        self.inputs.pop(("synthetic", s.long, self.geometry.name), None)
+        self.inputs.pop(("synthetic", s.long, self.geometry.name, 1), None)
 
     def part_alpha099(self) -> None:
         s = self.sizes
@@ -357,7 +441,7 @@ class Suite:
         s = self.sizes
         if s.huge in self.baselines or not self.fits("cuDNN 1m", 45):
             return
-        key = ("mid", s.huge, self.geometry.name)
+        key = ("mid", s.huge, self.geometry.name, 1)
         if key not in self.inputs:
             self.notes.append("dense1m: the 1M inputs are gone (1m part skipped or failed); not measured")
             return
@@ -379,7 +463,7 @@ class Suite:
         times = self.h.dense_baselines(*qkv, repeat=s.repeat, flex=False)
         self.case("native128k", "128k real-mid SmolLM2 geometry a0.95 w8% s5%", self.real_name("mid"), s.long, qkv,
                   0.95, 0.08, 0.05, baselines=times)
-        self.inputs.pop(("mid", s.long, native.name), None)
+        self.inputs.pop(("mid", s.long, native.name, 1), None)
 
     def part_synth1m(self) -> None:
         s = self.sizes
@@ -393,6 +477,138 @@ class Suite:
                 base.update(cudnn=extrapolated, cudnn_extrapolated=True)
         self.case("synth1m", "1m synthetic a0.95 w1% s1%", "synthetic", s.huge, self.synthetic(s.huge), 0.95, 0.01,
                   0.01, repeat=1, warmup=0, baselines=base)
+
+    # ---- parts added after the first GPU run -------------------------------------------------
+    def bands(self) -> tuple[str, ...]:
+        """Both layer bands on real inputs; with --no-real, whose stand-in is one synthetic input
+        for both, the middle one only."""
+        return ("mid",) if self.args.no_real else ("mid", "late")
+
+    def source(self, seqlen: int, band: str, geometry=None, batch: int = 1):
+        """(inputs name, label word, (q, k, v)): real SmolLM2 heads of ``band``, or with --no-real
+        the synthetic inputs in their place (said so in the label)."""
+        if self.args.no_real:
+            return "synthetic", f"synthetic(for {band})", self.synthetic(seqlen, geometry, batch)
+        return self.real_name(band), f"real-{band}", self.real(seqlen, band, geometry, batch)
+
+    def capture_estimate(self, seqlen: int, later_s: float = EST_CAPTURE_128K, geometry=None, batch: int = 1) -> float:
+        """Seconds to get real inputs at ``seqlen``: none when held (or with --no-real); the model
+        load on top for the first capture of the process."""
+        geometry = geometry or self.geometry
+        if self.args.no_real or ("mid", seqlen, geometry.name, batch) in self.inputs:
+            return 0.0
+        loaded = any(note.startswith("SmolLM2 capture") for note in self.notes)
+        return later_s if loaded else max(EST_CAPTURE_FIRST, later_s + EST_CAPTURE_FIRST - EST_CAPTURE_128K)
+
+    def part_flex128k(self) -> None:
+        s = self.sizes
+        self.drop_above(s.long)
+        if not self.fits("flex128k baselines", self.capture_estimate(s.long) + EST_FLEX_BASELINES):
+            return
+        _, _, qkv = self.source(s.long, "mid")
+        base = self.dense(s.long, qkv, flex=True)  # cuDNN, flash and FlexAttention side by side
+        for i, band in enumerate(self.bands()):
+            if not self.fits(f"flex128k {band}", EST_FLEX_CASE_FIRST if i == 0 else EST_FLEX_CASE):
+                return
+            name, word, qkv = self.source(s.long, band)
+            self.case("flex128k", f"128k {word} a0.95 w8% s5% with FlexAttention", name, s.long, qkv, 0.95, 0.08,
+                      0.05, baselines=base, flex_sparse=True, band=band)
+
+    def part_alphas128k(self) -> None:
+        s = self.sizes
+        self.drop_above(s.long)
+        if not self.fits("alphas128k capture", self.capture_estimate(s.long) + EST_CASE_128K):
+            return
+        for band in self.bands():
+            name, word, qkv = self.source(s.long, band)
+            self.dense(s.long, qkv)
+            for alpha in ALPHAS_128K:
+                if not self.fits(f"alphas128k {band} a{alpha}", EST_CASE_128K):
+                    return
+                self.case("alphas128k", f"128k {word} a{alpha:.2f} w8% s5%", name, s.long, qkv, alpha, 0.08, 0.05,
+                          band=band)
+
+    def part_grid128k(self) -> None:
+        s = self.sizes
+        self.drop_above(s.long)
+        if not self.fits("grid128k capture", self.capture_estimate(s.long) + EST_CASE_128K_SHORT):
+            return
+        name, word, qkv = self.source(s.long, "mid")
+        self.dense(s.long, qkv)
+        rows = []
+        for window, sample in GRID_128K[::s.grid_step]:
+            if rows and not self.fits(f"grid128k w{window} s{sample}", EST_CASE_128K_SHORT):
+                break
+            rows.append(self.case("grid128k", f"128k {word} a0.95 w{window:.0%} s{sample:.0%}", name, s.long, qkv,
+                                  0.95, window, sample, repeat=5, warmup=1, band="mid"))
+        ref = rows[0]  # w8% s5%
+        best = min((r for r in rows if r["error"] <= ref["error"] * (1 + 1e-9)), key=lambda r: r["total_ms"])
+        self.notes.append(f"grid128k: fastest with error <= w8% s5% ({ref['error']:.4f}) is window "
+                          f"{best['window_ratio']}, sample {best['sample_ratio']} ({best['total_ms']:.1f} ms, error "
+                          f"{best['error']:.4f}); {len(rows)} of {len(GRID_128K)} points measured")
+
+    def part_chatglm2(self) -> None:
+        s, g = self.sizes, self.h.GEOMETRIES["chatglm2"]
+        self.drop_above(s.long)
+        if not self.fits("chatglm2 capture", self.capture_estimate(s.long, geometry=g) + 10 + EST_CASE_128K):
+            return
+        try:
+            for i, band in enumerate(self.bands()):
+                if i and not self.fits(f"chatglm2 {band}", EST_CASE_128K):
+                    return
+                name, word, qkv = self.source(s.long, band, g)
+                base = self.dense(s.long, qkv)
+                self.case("chatglm2", f"128k {word} chatglm2 geometry a0.95 w8% s5%", name, s.long, qkv, 0.95, 0.08,
+                          0.05, baselines=base, memory=True, band=band)
+            if not self.args.no_real:
+                self.notes.append("chatglm2: real inputs in ChatGLM2-6B's geometry (32 query / 2 KV heads, d128) are "
+                                  "the 2 first KV heads of one SmolLM2 layer per band (14; 24); each KV head's 16 "
+                                  "query heads repeat its 3 real ones (6 distinct query heads of 32)")
+        finally:
+            self.drop_where(geometry=g.name)
+
+    def part_batch4(self) -> None:
+        s = self.sizes
+        n, b = s.batch_seqlen, s.batch
+        self.drop_above(s.long)
+        est = EST_BATCH4
+        if not self.fits("batch4 capture", self.capture_estimate(n, est["capture"], batch=b) + est["dense"]
+                         + est["case"]):
+            return
+        try:
+            for i, band in enumerate(self.bands()):
+                if i and not self.fits(f"batch4 {band}", est["case"]):
+                    return
+                name, word, qkv = self.source(n, band, batch=b)
+                base = self.dense(n, qkv)
+                self.case("batch4", f"{_length(n)} batch {b} {word} a0.95 w8% s5%", name, n, qkv, 0.95, 0.08, 0.05,
+                          baselines=base, memory=True, band=band)
+        finally:
+            self.drop_where(batch=b)
+
+    def part_mid512k(self) -> None:
+        s = self.sizes
+        self.drop_above(s.long)  # the 1M inputs of earlier parts
+        for seqlen in s.mid:
+            est = EST_MID.get(seqlen, EST_MID[max(EST_MID)])
+            need = self.capture_estimate(seqlen, est["capture"]) + (0 if seqlen in self.baselines else est["dense"])
+            if not self.fits(f"mid512k {seqlen}", need + est["case"]):
+                return
+            try:
+                self._mid_length(seqlen, est["case"])  # its tensors die with its frame
+            finally:
+                self.drop(seqlen)  # before the next, longer length
+
+    def _mid_length(self, seqlen: int, case_s: float) -> None:
+        s = self.sizes
+        name, word, qkv = self.source(seqlen, "mid")
+        base = self.dense(seqlen, qkv, flash=False, warmup=1, repeat=2)  # reused from `1m` where it ran
+        for i, (window, sample) in enumerate(MID_CONFIGS):
+            if i and not self.fits(f"mid512k {seqlen} w{window} s{sample}", case_s):
+                return
+            self.case("mid512k", f"{_length(seqlen)} {word} a0.95 w{window:.0%} s{sample:.0%}", name, seqlen, qkv,
+                      0.95, window, sample, repeat=3 if seqlen <= 262144 else s.huge_repeat, warmup=1,
+                      baselines=base, memory=i == 0, band="mid")
 
     # ---- targets --------------------------------------------------------------------------------
     def find(self, part: str, label_start: str) -> dict | None:
@@ -447,6 +663,7 @@ class Suite:
                 even = next((r["seqlen"] for i, r in enumerate(rows)
                              if all((x.get("speedup_vs_cudnn") or 0) >= 1.0 for x in rows[i:])), None)
                 add(f"break-even vs cuDNN ({kind})", f"{even} tokens" if even else "not reached in range", None, speed)
+        self.added_targets(add)
         first = next((r for r in self.rows if "first_call_s" in r), None)
         if first:
             add("first-call (compile) time", _fmt(first["first_call_s"], " s"), None, first.get("label", ""))
@@ -454,6 +671,8 @@ class Suite:
         for r in self.rows:
             if "first_call_s" not in r:
                 continue
+            if r.get("geometry") != self.geometry.name or r.get("batch", 1) != 1:
+                continue  # another geometry or batch: not a new length
             if seen and r["seqlen"] not in seen and r.get("kernels_compiled") is not None and not r.get("options"):
                 recompiles.append((r["seqlen"], r["kernels_compiled"], r["first_call_s"]))
             seen.add(r["seqlen"])
@@ -463,6 +682,76 @@ class Suite:
                 all(c == 0 for _, c, _ in recompiles), "first case at each new length after the first")
         return out
 
+    def added_targets(self, add) -> None:
+        """The targets-table lines of the parts added after the first GPU run."""
+        def band_of(r):
+            label = r.get("label", "")
+            return r.get("band") or ("late" if "real-late" in label else "mid" if "real-mid" in label else None)
+
+        def rows(part, band=None):
+            return [r for r in self.rows if r.get("part") == part and "total_ms" in r
+                    and (band is None or band_of(r) == band)]
+
+        def word(r):
+            return "synthetic" if r.get("inputs") == "synthetic" else f"real-{band_of(r)}"
+
+        def point(r):
+            return f"w{r['window_ratio']:.0%} s{r['sample_ratio']:.0%}"
+
+        for r in rows("flex128k"):
+            bs = r.get("flex_block_sparse_ms")
+            add(f"128K {word(r)} a0.95 w8% s5% vs FlexAttention (dense causal / block-sparse, same selection in "
+                "128-blocks)", f"{_fmt(r.get('speedup_vs_flex'), 'x')} / {_fmt(r.get('speedup_vs_flex_block_sparse'), 'x')}",
+                None, f"operator {r['total_ms']:.1f} ms; Flex dense {_fmt(r.get('flex_ms'), ' ms')}, block-sparse "
+                + (bs if isinstance(bs, str) else _fmt(bs, " ms")) + f"; cuDNN {_fmt(r.get('cudnn_ms'), ' ms')}, "
+                f"flash {_fmt(r.get('flash_ms'), ' ms')} (same process)")
+        for band in ("mid", "late"):
+            found = rows("alphas128k", band)
+            if found:
+                ref = next((r for r in rows("main128k", band) + rows("flex128k", band)
+                            if word(r) == word(found[0]) and r.get("geometry") == found[0].get("geometry")), None)
+                points = found + ([ref] if ref else [])
+                add(f"128K {word(found[0])} w8% s5%: speed-up by alpha",
+                    "; ".join(f"a{r['alpha']:.2f} {_fmt(r.get('speedup_vs_cudnn'), 'x')} (error {r['error']:.4f}, "
+                              f"density {r['density']:.3f})" for r in points), None, "x cuDNN")
+        grid = rows("grid128k")
+        if grid:
+            ref = next((r for r in grid if (r["window_ratio"], r["sample_ratio"]) == (0.08, 0.05)), grid[0])
+            best = min((r for r in grid if r["error"] <= ref["error"] * (1 + 1e-9)), key=lambda r: r["total_ms"])
+            fastest = min(grid, key=lambda r: r["total_ms"])
+            add(f"128K {word(ref)} a0.95 window x sample grid: fastest with error <= w8% s5%",
+                f"{point(best)}: {_fmt(best.get('speedup_vs_cudnn'), 'x')} cuDNN, error {best['error']:.4f}", None,
+                f"w8% s5%: {_fmt(ref.get('speedup_vs_cudnn'), 'x')}, error {ref['error']:.4f}; fastest: "
+                f"{point(fastest)} {_fmt(fastest.get('speedup_vs_cudnn'), 'x')}, error {fastest['error']:.4f}; "
+                f"{len(grid)} of {len(GRID_128K)} points")
+        for r in rows("chatglm2"):
+            x_c, x_f = r.get("speedup_vs_cudnn"), r.get("speedup_vs_flash")
+            add(f"128K ChatGLM2 geometry {word(r)} a0.95 >= 2.5x cuDNN", _fmt(x_c, "x") + f", error {r['error']:.4f}",
+                _ge(x_c, 2.5), f"density {r['density']:.3f}; the Llama-geometry bound")
+            add(f"128K ChatGLM2 geometry {word(r)} a0.95 >= 4x flash", _fmt(x_f, "x"), _ge(x_f, 4.0),
+                f"plan {_fmt(r['plan_share'] * 100, '%')} of {r['total_ms']:.1f} ms")
+        for r in rows("batch4"):
+            one = next((x for x in rows("breakeven") if x["seqlen"] == r["seqlen"] and "real" in x.get("label", "")
+                        and word(r).startswith("real")), None)
+            add(f"{_length(r['seqlen'])} batch {r['batch']} {word(r)} a0.95 w8% s5%",
+                f"{_fmt(r.get('speedup_vs_cudnn'), 'x')} cuDNN, {_fmt(r.get('speedup_vs_flash'), 'x')} flash, error "
+                f"{r['error']:.4f}", None, f"operator {r['total_ms']:.1f} ms, density {r['density']:.3f}"
+                + (f"; batch 1 (breakeven): {_fmt(one.get('speedup_vs_cudnn'), 'x')}" if one else ""))
+        mid = rows("mid512k")
+        for window, sample in MID_CONFIGS:
+            curve = [r for r in rows("main128k", "mid") + rows("flex128k", "mid") + mid + rows("1m", "mid")
+                     if (r["window_ratio"], r["sample_ratio"]) == (window, sample) and r["alpha"] == 0.95]
+            by_length = {}
+            for r in curve:
+                by_length.setdefault(r["seqlen"], r)
+            if any(r.get("part") == "mid512k" for r in by_length.values()):
+                add(f"speed-up vs cuDNN by length, mid band, a0.95 w{window:.0%} s{sample:.0%}",
+                    ", ".join(f"{_length(n)} {_fmt(r.get('speedup_vs_cudnn_measured') or r.get('speedup_vs_cudnn'), 'x')}"
+                              + ("*" if r.get("cudnn_extrapolated") and not r.get("speedup_vs_cudnn_measured") else "")
+                              for n, r in sorted(by_length.items())), None,
+                    "cuDNN measured at each length (* = extrapolated); " + ", ".join(
+                        f"{_length(n)} error {r['error']:.3f}" for n, r in sorted(by_length.items())))
+
     def print_table(self) -> None:
         print("\nTargets")
         print("| target | value | met | note |")
@@ -471,7 +760,8 @@ class Suite:
             met = {True: "met", False: "NOT met", None: "-"}[t["met"]]
             print(f"| {t['target']} | {t['value']} | {met} | {t['note']} |")
         print("\nCases")
-        head = ("part", "label", "density", "error", "plan ms", "attn ms", "total ms", "cuDNN ms", "x cuDNN", "x flash")
+        head = ("part", "label", "density", "error", "plan ms", "attn ms", "total ms", "cuDNN ms", "x cuDNN", "x flash",
+                "x flex", "x flex block-sparse")
         print(" | ".join(head))
         for r in self.rows:
             if "total_ms" not in r:
@@ -479,7 +769,8 @@ class Suite:
             print(" | ".join([r["part"], r["label"], _fmt(r.get("density")), _fmt(r.get("error")),
                               _fmt(r.get("plan_ms")), _fmt(r.get("attention_ms")), _fmt(r.get("total_ms")),
                               _fmt(r.get("cudnn_ms")) + ("*" if r.get("cudnn_extrapolated") else ""),
-                              _fmt(r.get("speedup_vs_cudnn")), _fmt(r.get("speedup_vs_flash"))]))
+                              _fmt(r.get("speedup_vs_cudnn")), _fmt(r.get("speedup_vs_flash")),
+                              _fmt(r.get("speedup_vs_flex")), _fmt(r.get("speedup_vs_flex_block_sparse"))]))
         if self.skipped:
             print("skipped (time budget): " + ", ".join(x["case"] for x in self.skipped))
         if self.errors:
@@ -491,6 +782,10 @@ def _fmt(value, unit: str = "") -> str:
     if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:.3g}{unit}" if abs(value) < 1000 else f"{value:.0f}{unit}"
+
+
+def _length(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def _ge(value, bound: float) -> bool | None:
@@ -507,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny sizes on the CPU (TRITON_INTERPRET=1, wall-clock times): checks for crashes")
     parser.add_argument("--dry-length", type=int, default=None, help="with --dry-run: the length (default 512)")
-    parser.add_argument("--no-real", action="store_true", help="dry run without SmolLM2 (synthetic parts only)")
+    parser.add_argument("--no-real", action="store_true",
+                        help="dry run without SmolLM2: the synthetic parts, and the added parts on synthetic inputs")
     parser.add_argument("--strict", action="store_true", help="with --dry-run: stop at the first error")
     return parser
 
@@ -526,8 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("suite: no CUDA GPU (use --dry-run on the CPU)", file=sys.stderr)
         return 2
-    if args.no_real:
-        parts = [p for p in parts if p in ("synth128k", "synth1m")]
+    if args.no_real:  # the added parts take synthetic inputs in place of the real ones
+        parts = [p for p in parts if p in ("synth128k", "synth1m") or p in ADDED_PARTS]
     suite = Suite(args)
     print(f"[suite] parts {parts}, budget {args.budget_s:.0f} s, device {suite.device}, "
           f"geometry {suite.geometry.name}", flush=True)

@@ -24,6 +24,53 @@ def test_suite_dry_run_writes_rows_and_targets(tmp_path):
     assert len(lines) == len(report["rows"])
 
 
+def test_suite_added_parts_dry_run(tmp_path):
+    """The parts added after the first GPU run, alone (``--parts``), on synthetic stand-ins at the
+    smallest sizes: every part writes its rows and its targets-table line, nothing is left held."""
+    added = ",".join(suite.ADDED_PARTS)
+    assert suite.PARTS[: len(suite.FIRST_PARTS)] == suite.FIRST_PARTS  # the first run's order, then these
+    assert suite.build_parser().parse_args([]).parts == ",".join(suite.FIRST_PARTS + suite.ADDED_PARTS)
+    code = suite.main(["--dry-run", "--no-real", "--parts", added, "--dry-length", "64", "--error-rows", "8",
+                       "--out", str(tmp_path), "--strict"])
+    assert code == 0
+    report = json.loads((tmp_path / "suite.json").read_text())
+    assert not report["errors"] and not report["skipped"]
+    cases = [r for r in report["rows"] if "total_ms" in r]
+    assert all(r["check_ok"] and math.isfinite(r["error"]) for r in cases)
+    count = {p: sum(r["part"] == p for r in cases) for p in suite.ADDED_PARTS}
+    assert count == {"flex128k": 1, "alphas128k": 2, "grid128k": 3, "chatglm2": 1, "batch4": 1, "mid512k": 4}
+    glm = next(r for r in cases if r["part"] == "chatglm2")
+    assert glm["geometry"] == "chatglm2" and glm["cudnn_ms"] > 0
+    b4 = next(r for r in cases if r["part"] == "batch4")
+    assert b4["batch"] == 4 and b4["seqlen"] == 32 and b4["cudnn_ms"] > 0
+    assert sorted(r["seqlen"] for r in cases if r["part"] == "mid512k") == [32, 32, 64, 64]
+    flex = next(r for r in cases if r["part"] == "flex128k")
+    assert "flex_ms" in flex and flex["flex_ms"] is None  # FlexAttention is timed on a GPU only
+    dense = [r for r in report["rows"] if r["part"] == "dense"]
+    assert any(r.get("flex_error") for r in dense)
+    assert any(r["geometry"] == "chatglm2" for r in dense) and any(r["batch"] == 4 for r in dense)  # their own
+    targets = " / ".join(t["target"] for t in report["targets"])
+    for name in ("vs FlexAttention", "speed-up by alpha", "window x sample grid", "ChatGLM2 geometry", "batch 4",
+                 "speed-up vs cuDNN by length"):
+        assert name in targets, name
+
+
+def test_suite_added_parts_free_their_inputs(tmp_path):
+    """Between the added parts no input longer than 128K (here: the dry length) survives, and the
+    parts that capture inputs of their own free them."""
+    args = suite.build_parser().parse_args(["--dry-run", "--no-real", "--dry-length", "64", "--out", str(tmp_path)])
+    s = suite.Suite(args)
+    s.synthetic(64)
+    s.inputs[("mid", 1 << 20, "smollm2", 1)] = (torch.zeros(1),) * 3  # a 1M-class leftover of `1m`
+    s.drop_above(s.sizes.long)
+    assert list(s.inputs) == [("synthetic", 64, "smollm2", 1)]
+    s.synthetic(32, harness.GEOMETRIES["chatglm2"])
+    s.synthetic(32, batch=4)
+    s.drop_where(geometry="chatglm2")
+    s.drop_where(batch=4)
+    assert list(s.inputs) == [("synthetic", 64, "smollm2", 1)]
+
+
 def test_smollm2_heads_in_llama_geometry_keep_their_logits():
     torch.manual_seed(0)
     src, dst = harness.SMOLLM2, harness.GEOMETRIES["llama3"]
