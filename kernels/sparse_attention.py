@@ -23,35 +23,37 @@ MAX_GRID_Y = 65_535
 
 def columns_left_of_window(
     col_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
-    block_m: int, segment_rows: int, q_per_sel: int, first_row: bool = False,
-) -> torch.Tensor:
+    block_m: int, segment_rows: int, q_per_sel: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (batch, query head, query block): how many leading selected columns lie left of
-    the window of the block's last row, i.e. are ``< last_pos - w + 1`` (with ``first_row``: of
-    its first row, the columns every row of the block keeps).
+    the window of the block's first row (``< first_pos - w + 1``: the columns every row of the
+    block keeps) and of its last row (``< last_pos - w + 1``), in one search.
 
     Args:
         col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with ``seqlen_k``.
         window: (Hq,) int32 window width per query head.
     Returns:
-        (B, Hq, n_mblocks) int32. Memory O(B * Hq * seqlen_q / block_m): never O(seqlen^2).
+        col_all, col_end: (B, Hq, n_mblocks) int32 each. Memory O(B * Hq * seqlen_q / block_m):
+        never O(seqlen^2).
     """
     batch, n_sel, n_seg, _ = col_idx.shape
     n_mb = triton.cdiv(seqlen_q, block_m)
     mb_per_seg = segment_rows // block_m
     device = col_idx.device
     mb = torch.arange(n_seg * mb_per_seg, device=device)
-    if first_row:
-        last_pos = seqlen_k - seqlen_q + torch.clamp(mb * block_m, max=seqlen_q - 1)
-    else:
-        last_pos = seqlen_k - seqlen_q + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
-    w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
-    hi = (last_pos.view(1, 1, -1) - w + 1).view(n_sel, q_per_sel, n_seg, mb_per_seg)
-    hi = hi.permute(0, 2, 1, 3).reshape(1, n_sel, n_seg, q_per_sel * mb_per_seg)
+    offset = seqlen_k - seqlen_q
+    first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
+    last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
+    pos = torch.stack([first_pos, last_pos])  # (2, n_blocks)
+    w = window.to(device=device, dtype=torch.int64).view(1, n_sel, q_per_sel, 1)
+    hi = (pos.view(2, 1, 1, -1) - w + 1).view(2, n_sel, q_per_sel, n_seg, mb_per_seg)
+    hi = hi.permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_seg, 2 * q_per_sel * mb_per_seg)
     hi = hi.expand(batch, -1, -1, -1).contiguous().to(col_idx.dtype)
     counts = torch.searchsorted(col_idx.contiguous(), hi)  # entries strictly below hi
-    counts = counts.view(batch, n_sel, n_seg, q_per_sel, mb_per_seg).permute(0, 1, 3, 2, 4)
-    counts = counts.reshape(batch, n_sel * q_per_sel, n_seg * mb_per_seg)[:, :, :n_mb]
-    return counts.to(torch.int32).contiguous()
+    counts = counts.view(batch, n_sel, n_seg, 2, q_per_sel, mb_per_seg).permute(3, 0, 1, 4, 2, 5)
+    counts = counts.reshape(2, batch, n_sel * q_per_sel, n_seg * mb_per_seg)[..., :n_mb]
+    counts = counts.to(torch.int32)
+    return counts[0].contiguous(), counts[1].contiguous()
 
 
 def sparse_attention_fwd(
@@ -109,10 +111,10 @@ def sparse_attention_fwd(
     if segment_rows % block_m:
         raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
     col_idx = col_idx.contiguous()
-    geometry = {"seqlen_q": seqlen_q, "seqlen_k": seqlen_k, "block_m": block_m, "segment_rows": segment_rows,
-                "q_per_sel": q_per_sel}
-    col_end = columns_left_of_window(col_idx, window, **geometry)
-    col_all = columns_left_of_window(col_idx, window, first_row=True, **geometry)
+    col_all, col_end = columns_left_of_window(
+        col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m, segment_rows=segment_rows,
+        q_per_sel=q_per_sel,
+    )
     return_lse = return_lse or lse_only
     out = torch.empty((1, 1, 1, 1), device=q.device, dtype=q.dtype) if lse_only else torch.empty_like(q)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32) if return_lse \
