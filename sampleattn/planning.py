@@ -40,7 +40,7 @@ class SparsePlan:
             outside each row's window), or None.
         sampled_rows: (n_rows,) int64 the sampled query rows.
         candidate_density: (B, Hq) fp32 density of the window plus the candidates, for
-            ``selection="rescored"`` (None otherwise); ranking_fraction: the share of query rows
+            ``selection="rescored"`` with reports (None otherwise); ranking_fraction: the share of query rows
             that ranked them. Their product, about, is the rescoring passes' cost in units of
             dense attention (both passes compute q.k only).
     """
@@ -332,9 +332,10 @@ def select_and_report(
         col_idx, col_count = select_rescored(
             cand_idx, rescore_of(cand_idx, cand_count), setup.ranked_pairs_dev, setup.alpha_sel_dev,
             reach=setup.reach_dev, seqlen_k=setup.seqlen_k)
-        candidate_density = density_per_head(cand_idx, cand_count, setup.window_dev,
-                                             segment_rows=setup.segment_rows, **shape)
         ranking_fraction = setup.rank_rows.numel() / setup.seqlen_q
+        if reports:  # a report (the tuner's cost estimate), not needed to attend
+            candidate_density = density_per_head(cand_idx, cand_count, setup.window_dev,
+                                                 segment_rows=setup.segment_rows, **shape)
     else:
         col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
                                             reach=setup.reach_dev)
