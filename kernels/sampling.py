@@ -14,7 +14,7 @@ import triton
 
 from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, stripe_mass_kernel
 
-__all__ = ["column_scores", "sampled_row_stats", "stripe_mass"]
+__all__ = ["SCORES_BLOCK_N", "column_scores", "sampled_row_stats", "score_tile_ranges", "stripe_mass"]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -27,48 +27,125 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+#: Key tile of `column_scores` (what `score_tile_ranges` must be computed with). On the H200 at
+#: 128K (Llama-3-8B geometry, 64 sampled rows per program) 128 keys with 4 warps and 2 stages took
+#: 7.5 ms against 8.3 ms for 64 keys (`python -m sampleattn.bench.plan_sweep`, docs/benchmarks.md).
+SCORES_BLOCK_N = 128
+
+
 def _warps(block_s: int) -> int:
     # 64-row tiles run twice as fast with 4 warps as with 8 on the H200 (the stage-3 sweep).
     return 4 if block_s <= 64 else 8
 
 
+def row_stats_options(block_s: int, q_per_kv: int) -> dict:
+    """Launch options of `sampled_row_stats` for ``block_s`` slots per row block: as many heads
+    of a KV group per program as fit in a 128-row tile, then the key tile, warps and stages
+    that the H200 sweep found fastest for that tile (`python -m sampleattn.bench.plan_sweep`:
+    at 128K, 128-row tiles of 2 heads with 128-key tiles, 8 warps, 2 stages took 8.0 ms; one
+    head's 64 rows with the old defaults, 9.8 ms)."""
+    # Tiles are powers of two: so is the head count (block_s is one already).
+    heads = max(h for h in (1, 2, 4, 8) if q_per_kv % h == 0 and h * block_s <= max(128, block_s))
+    if heads * block_s >= 128:
+        return {"heads_per_program": heads, "block_n": 128, "num_warps": 8, "num_stages": 2}
+    return {"heads_per_program": heads, "block_n": 64, "num_warps": 4, "num_stages": 2}
+
+
 def sampled_row_stats(
     q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, window: torch.Tensor, *,
-    scale: float, block_s: int, block_n: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    scale: float, block_s: int, block_n: int | None = None, window_mass: bool = True,
+    heads_per_program: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exact softmax statistics of the sampled rows.
 
     Args:
         q: (B, Sq, Hq, D); k: (B, Sk, Hkv, D).
-        rows: (n_blocks * block_s,) int32 query-row indices, -1 for padding.
+        rows: (n_slots,) int32 query-row indices, -1 for padding; n_slots a multiple of block_s.
         window: (Hq,) int32 window width per query head.
+        block_s: sampled rows (slots) per program.
+        window_mass: also measure each row's mass inside its window (the plan's reports need
+            it; the selection does not). False makes the pass a plain log-sum-exp.
+        heads_per_program: query heads of one KV group per program (a divisor of Hq // Hkv):
+            their rows form one ``heads_per_program * block_s``-row tile, so each key tile is
+            loaded once for all of them.
+        block_n, heads_per_program, num_warps, num_stages: None takes `row_stats_options`.
     Returns:
         lse2: (B, Hq, n_slots) fp32 log2-domain log-sum-exp of ``scale * log2(e) * q.k`` over
             visible keys (+inf for padding slots); wmass: (B, Hq, n_slots) fp32, the share of
-            each row's mass inside its window.
+            each row's mass inside its window, or None without ``window_mass``.
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     n_slots = rows.numel()
+    q_per_kv = nheads_q // nheads_kv
+    auto = row_stats_options(block_s, q_per_kv)
+    heads_per_program = auto["heads_per_program"] if heads_per_program is None else heads_per_program
+    block_n = block_n or auto["block_n"]
+    num_warps = num_warps or _warps(heads_per_program * block_s)  # 4 for 64-row tiles, 8 for 128
+    num_stages = num_stages or auto["num_stages"]
+    if heads_per_program < 1 or q_per_kv % heads_per_program or heads_per_program & (heads_per_program - 1):
+        raise ValueError(f"heads_per_program={heads_per_program} must be a power of two that divides the "
+                         f"{q_per_kv} query heads per KV head")
+    if n_slots % block_s:
+        raise ValueError(f"{n_slots} sampled-row slots do not split into blocks of block_s={block_s}")
     lse2 = torch.empty((batch, nheads_q, n_slots), device=q.device, dtype=torch.float32)
-    wmass = torch.empty_like(lse2)
-    grid = (n_slots // block_s, batch * nheads_q)
+    wmass = torch.empty_like(lse2) if window_mass else None
+    n_row_blocks = n_slots // block_s
+    grid = (batch * nheads_q // heads_per_program, n_row_blocks)
     sampled_row_stats_kernel[grid](
-        q, k, rows, window, lse2, wmass,
+        q, k, rows, window, lse2, wmass if window_mass else lse2,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         lse2.stride(0), lse2.stride(1),
-        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
-        num_warps=_warps(block_s),
+        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), q_per_kv, n_row_blocks,
+        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        BLOCK_N=block_n, GROUP=heads_per_program, TRACK_WINDOW=window_mass,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return lse2, wmass
+
+
+def score_tile_ranges(
+    rows: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_s: int,
+    block_n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which row blocks each key tile of `column_scores` visits, and which of them need a mask.
+
+    Depends only on the sampled rows, the windows and the shapes (so a plan caches it).
+
+    Args:
+        rows: (n_blocks * block_s,) int32 sampled rows, ascending, -1 for padding.
+        window: (Hq,) int window per query head.
+    Returns:
+        first_block, free_block: (n_key_tiles,) int32. Row blocks before ``first_block[t]``
+        cannot see tile t outside even the narrowest window (they add nothing: skipped); from
+        ``free_block[t]`` on, every real row sees the whole tile outside even the widest
+        window (no mask).
+    """
+    n_tiles = triton.cdiv(seqlen_k, block_n)
+    blocks = rows.view(-1, block_s).to(torch.int64)
+    real = blocks >= 0
+    last_rows = torch.where(real, blocks, torch.full_like(blocks, -1)).max(dim=1).values
+    # An all-padding block sorts after every real block: it never needs a mask (it adds 0).
+    first_rows = torch.where(real, blocks, torch.full_like(blocks, seqlen_q + seqlen_k)).min(dim=1).values
+    window = window.to(rows.device, torch.int64)
+    w_min, w_max = window.min(), window.max()
+    offset = seqlen_k - seqlen_q
+    tile_start = torch.arange(n_tiles, device=rows.device, dtype=torch.int64) * block_n
+    # Row blocks are in ascending order of rows, so both reaches are non-decreasing.
+    reach = (offset + last_rows - w_min).contiguous()  # last column each block can score
+    free_reach = (offset + first_rows - w_max).contiguous()  # last column all its rows score
+    first_block = torch.searchsorted(reach, tile_start)
+    free_block = torch.searchsorted(free_reach, tile_start + block_n - 1)
+    return first_block.to(torch.int32), free_block.to(torch.int32)
 
 
 def column_scores(
     q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
     lse2: torch.Tensor, seg_blocks: torch.Tensor, *,
-    q_per_sel: int, scale: float, block_s: int, block_n: int = 64, min_window: int | None = None,
+    q_per_sel: int, scale: float, block_s: int, block_n: int = SCORES_BLOCK_N,
+    tile_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    num_warps: int | None = None, num_stages: int | None = None,
 ) -> torch.Tensor:
     """Column scores ``c_j = sum_r P_rj [j <= p_r - w]`` per selection head and segment.
 
@@ -76,7 +153,8 @@ def column_scores(
         q, k, rows, window: as in `sampled_row_stats`; lse2 its output.
         seg_blocks: (n_seg + 1,) int32 row-block boundaries of the segments.
         q_per_sel: query heads summed into one selection head (1 or Hq // Hkv).
-        min_window: ``window.min()`` when the caller knows it (saves a device synchronisation).
+        tile_ranges: `score_tile_ranges` for these rows, windows and ``block_n``, when the caller
+            has it (computed here otherwise).
     Returns:
         scores: (B, Hsel, n_seg, Sk) fp32, Hsel = Hq // q_per_sel.
     """
@@ -85,25 +163,24 @@ def column_scores(
     n_seg = seg_blocks.numel() - 1
     nheads_sel = nheads_q // q_per_sel
     n_tiles = triton.cdiv(seqlen_k, block_n)
-    # The first row block whose last row sees tile t outside the narrowest window: earlier
-    # blocks contribute nothing to that tile, so its program starts there.
-    last_rows = rows.view(-1, block_s).max(dim=1).values.to(torch.int64)
-    w_min = int(window.min().item()) if min_window is None else min_window
-    reach = seqlen_k - seqlen_q + last_rows - w_min  # last column each block can score
-    tile_start = torch.arange(n_tiles, device=q.device, dtype=torch.int64) * block_n
-    # Row blocks are in ascending order of rows, so `reach` is non-decreasing.
-    first_block = torch.searchsorted(reach.contiguous(), tile_start).to(torch.int32)
+    if tile_ranges is None:
+        tile_ranges = score_tile_ranges(rows, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_s=block_s,
+                                        block_n=block_n)
+    first_block, free_block = tile_ranges
+    if first_block.numel() != n_tiles:
+        raise ValueError(f"tile_ranges cover {first_block.numel()} key tiles, but Sk={seqlen_k} with "
+                         f"block_n={block_n} has {n_tiles}: compute them with the same block_n")
     scores = torch.empty((batch, nheads_sel, n_seg, seqlen_k), device=q.device, dtype=torch.float32)
     grid = (n_tiles, batch * nheads_sel, n_seg)
     column_scores_kernel[grid](
-        q, k, rows, window, lse2, seg_blocks, first_block, scores,
+        q, k, rows, window, lse2, seg_blocks, first_block, free_block, scores,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         lse2.stride(0), lse2.stride(1),
         scores.stride(0), scores.stride(1), scores.stride(2),
         nheads_sel, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
-        num_warps=_warps(block_s),
+        num_warps=num_warps or _warps(block_s), num_stages=num_stages or 2,
     )
     return scores
 

@@ -19,7 +19,10 @@ from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head, select_columns
 from .validation import check_qk, default_scale, kernel_backend_available
 
-__all__ = ["PlanSetup", "SparsePlan", "head_parameters", "plan", "prepare_plan", "select_and_report"]
+__all__ = [
+    "PlanSetup", "SparsePlan", "counted_pairs", "head_parameters", "plan", "prepare_plan", "select_and_report",
+    "window_mass_from_scores",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +175,47 @@ def reach_per_segment(
     return last_pos.view(1, -1) - w_min.view(-1, 1)
 
 
+def counted_pairs(
+    rows: SampledRows, window: torch.Tensor, *, batch: int, seqlen_q: int, seqlen_k: int, q_per_sel: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which (row, head) pairs of the sampled rows count, from the shapes alone.
+
+    A pair counts when the row is real and sees keys outside the head's window (``p >= w``).
+
+    Returns:
+        counted: (B, Hq, n_slots) bool; onehot: (n_slots, n_seg) fp32 segment of each slot;
+        n_counted: (B, Hsel, n_seg) fp32 counted pairs per selection head and segment.
+    """
+    device = window.device
+    slot_rows = rows.rows.to(device, torch.int64)
+    pos = seqlen_k - seqlen_q + slot_rows
+    w = window.to(device, torch.int64).view(1, -1, 1)
+    counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
+    slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
+    n_seg = rows.seg_blocks.numel() - 1
+    # (n_slots, n_seg); a comparison, not F.one_hot, whose range check synchronises the GPU
+    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=device).view(1, -1)).to(torch.float32)
+    nheads_q = w.shape[1]
+    n_counted = torch.einsum("bhs,sg->bhg", counted.to(torch.float32), onehot)
+    n_counted = n_counted.view(batch, nheads_q // q_per_sel, q_per_sel, n_seg).sum(dim=2)
+    return counted, onehot, n_counted
+
+
+def window_mass_from_scores(scores: torch.Tensor, n_counted: torch.Tensor) -> torch.Tensor:
+    """(B, Hsel, n_seg) summed window mass of the counted pairs, from the column scores alone.
+
+    Each counted row's softmax sums to 1, and its mass outside its window is exactly what it
+    adds to the scores, so the window mass is the counted pairs minus the scores' total. This
+    spares stage 1 from measuring the window mass row by row. The sum runs in fp64: it is
+    subtracted from a number of the same size.
+
+    Args:
+        scores: (B, Hsel, n_seg, Sk) fp32; n_counted: (B, Hsel, n_seg) fp32.
+    """
+    outside = scores.sum(dim=-1, dtype=torch.float64)
+    return (n_counted.to(torch.float64) - outside).clamp(min=0.0).to(torch.float32)
+
+
 def summarize_rows(
     wmass: torch.Tensor, stripe: torch.Tensor, rows: SampledRows, window: torch.Tensor, *,
     seqlen_q: int, seqlen_k: int, q_per_sel: int,
@@ -185,22 +229,14 @@ def summarize_rows(
         window_sum (B, Hsel, n_seg), counted (B, Hsel, n_seg), retained_mean (B, Hq),
         retained_min (B, Hq). A (row, head) pair counts when the row is real and ``p >= w``.
     """
-    device = wmass.device
     batch, nheads_q, n_slots = wmass.shape
-    slot_rows = rows.rows.to(device, torch.int64)
-    pos = seqlen_k - seqlen_q + slot_rows
-    w = window.to(device, torch.int64).view(1, -1, 1)
-    counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
-    slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
-    n_seg = rows.seg_blocks.numel() - 1
-    # (n_slots, n_seg); a comparison, not F.one_hot, whose range check synchronises the GPU
-    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=device).view(1, -1)).to(torch.float32)
+    counted, onehot, n_counted = counted_pairs(rows, window.to(wmass.device), batch=batch, seqlen_q=seqlen_q,
+                                               seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+    n_seg = onehot.shape[1]
     weight = counted.to(torch.float32)
     window_sum = torch.einsum("bhs,sg->bhg", wmass * weight, onehot)
-    n_counted = torch.einsum("bhs,sg->bhg", weight, onehot)
     n_sel = nheads_q // q_per_sel
     window_sum = window_sum.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
-    n_counted = n_counted.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
     retained = (wmass + stripe).clamp(max=1.0)
     any_counted = counted.any(dim=-1)
     mean = torch.where(counted, retained, 0.0).sum(-1) / counted.sum(-1).clamp(min=1)
@@ -240,6 +276,8 @@ class PlanSetup:
     rank_block: int = 0
     rank_rows: torch.Tensor | None = None
     ranked_pairs_dev: torch.Tensor | None = None
+    n_counted_dev: torch.Tensor | None = None
+    shape_key: tuple = ()
 
 
 def prepare_plan(
@@ -269,7 +307,7 @@ def prepare_plan(
             ) from error
         raise
     return PlanSetup(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, nheads_q=nheads_q,
-                     nheads_kv=nheads_kv, scale=default_scale(q, scale), **shared)
+                     nheads_kv=nheads_kv, scale=default_scale(q, scale), shape_key=key, **shared)
 
 
 @functools.lru_cache(maxsize=128)
@@ -288,9 +326,13 @@ def _shape_setup(
     )
     reach = reach_per_segment(window, rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
                               segment_rows=segment_rows, q_per_sel=q_per_sel)
-    shared = {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window.to(device),
+    window_dev = window.to(device)
+    _, _, n_counted = counted_pairs(rows, window_dev, batch=1, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                                    q_per_sel=q_per_sel)
+    shared = {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window_dev,
               "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
-              "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device)}
+              "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device),
+              "n_counted_dev": n_counted}
     if config.selection == "rescored":
         # A head override of alpha keeps the config's candidate share (never below candidate_alpha).
         candidate = torch.tensor([config.candidate_alpha_for(float(a)) for a in selection_alpha(alpha, q_per_sel)],
@@ -312,7 +354,9 @@ def select_and_report(
     """Stage 2 and the plan's reports, from stage 1's outputs.
 
     Args:
-        wmass: (B, Hq, n_slots) window mass of each sampled row.
+        wmass: (B, Hq, n_slots) window mass of each sampled row, or None: the selection then
+            takes the window mass from the scores (`window_mass_from_scores`); the reports
+            need it per row.
         scores: (B, Hsel, n_seg, Sk) column scores.
         stripe_mass_of: ``(col_idx, col_count) -> (B, Hq, n_slots)``, each sampled row's mass on
             the selected columns left of its window (computed by the caller's own means).
@@ -321,8 +365,14 @@ def select_and_report(
         reports: measure the retained mass of the sampled rows (calls ``stripe_mass_of``).
     """
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
-    window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
-                                                 setup.window_dev, **shape)
+    if reports and wmass is None:
+        raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
+    if wmass is None:
+        n_counted = setup.n_counted_dev.expand(setup.batch, -1, -1)
+        window_sum = window_mass_from_scores(scores, n_counted)
+    else:
+        window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
+                                                     setup.window_dev, **shape)
     candidate_density, ranking_fraction = None, 0.0
     if config.selection == "rescored":
         if rescore_of is None:
@@ -383,10 +433,11 @@ def plan(
 
     rows, window = setup.rows, setup.window_dev
     common = {"scale": setup.scale, "block_s": rows.block}
-    # Stage 1: exact statistics of the sampled rows, then column scores.
-    lse2, wmass = sampled_row_stats(q, k, rows.rows, window, **common)
+    # Stage 1: exact statistics of the sampled rows, then column scores. The window mass per
+    # row is only measured for the reports; the selection gets it from the scores.
+    lse2, wmass = sampled_row_stats(q, k, rows.rows, window, window_mass=reports, **common)
     scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
-                           min_window=setup.min_window, **common)
+                           tile_ranges=_score_tiles(setup), **common)
     return select_and_report(
         setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores, reports=reports,
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(
@@ -396,3 +447,19 @@ def plan(
             q, k, cand_idx, cand_count, window, q_per_sel=setup.q_per_sel, scale=setup.scale,
             block_m=setup.rank_block, m_stride=config.rescore_stride),
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _score_tiles_for(shape_key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    from sampleattn.kernels.sampling import SCORES_BLOCK_N, score_tile_ranges
+
+    shared = _shape_setup(*shape_key)
+    seqlen_q, seqlen_k = shape_key[5], shape_key[6]
+    return score_tile_ranges(shared["rows"].rows, shared["window_dev"], seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                             block_s=shared["rows"].block, block_n=SCORES_BLOCK_N)
+
+
+def _score_tiles(setup: PlanSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column-score kernel's tile ranges for this setup's sampled rows, made once per shape
+    (a few small device operations that would otherwise run on every call)."""
+    return _score_tiles_for(setup.shape_key)
