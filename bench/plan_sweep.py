@@ -13,7 +13,10 @@ granularity. For each length:
 A variant that fails to compile or run (shared memory) is recorded with its error. The fastest
 variant of each kernel is printed at the end, for the launchers' defaults.
 
-Run: ``python -m sampleattn.bench.plan_sweep --out DIR [--lengths 32768,131072]``.
+Then (``stage3``) stage 3 on the plan at alpha 0.95 and 0.99, reading the selected columns from
+their compact copy or gathering them by index, each checked against the fp32 oracle of its plan.
+
+Run: ``python -m sampleattn.bench.plan_sweep --out DIR [--lengths 32768,131072] [--parts plan,sweep,stage3]``.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def lse_oracle(q, k, rows, head, scale, n=32) -> tuple[torch.Tensor, torch.Tenso
     return real, torch.logsumexp(s * math.log(2), dim=-1) / math.log(2)
 
 
-def sweep_length(seqlen: int, results: list[dict], save=lambda: None) -> None:
-    """Append one row per measurement to ``results``, calling ``save()`` after each."""
+def sweep_length(seqlen: int, results: list[dict], save=lambda: None, options: bool = True) -> None:
+    """Append one row per measurement to ``results``, calling ``save()`` after each; without
+    ``options`` only the plan by parts (no launch-option sweep)."""
     hq, hkv, d = 32, 8, 128
     q, k, v = structured_qkv(1, seqlen, seqlen, hq, hkv, d, dtype=torch.bfloat16, device="cuda", seed=0)
     config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0)
@@ -101,6 +105,8 @@ def sweep_length(seqlen: int, results: list[dict], save=lambda: None) -> None:
     results.append(head)
     save()
     print(json.dumps(head), flush=True)
+    if not options:
+        return
 
     # Row statistics: every launch option, checked against fp32 torch. Rows come in blocks of
     # 128 slots so that every slots-per-program below divides them.
@@ -145,11 +151,42 @@ def sweep_length(seqlen: int, results: list[dict], save=lambda: None) -> None:
         print(json.dumps(row), flush=True)
 
 
+def stage3_compact(seqlen: int, results: list[dict], save=lambda: None) -> None:
+    """Stage 3 reading the selected columns from their compact copy against gathering them by
+    index, at alpha 0.95 and 0.99 (window 8%, sample 5%, KV-head granularity, 128x128 tiles)."""
+    from sampleattn.kernels import sparse_attention_fwd
+    from sampleattn.reference import attention_rows_ref, relative_error
+
+    q, k, v = structured_qkv(1, seqlen, seqlen, 32, 8, 128, dtype=torch.bfloat16, device="cuda", seed=0)
+    check_rows = torch.randperm(seqlen, generator=torch.Generator().manual_seed(0))[:64].sort().values.to(q.device)
+    for alpha in (0.95, 0.99):
+        config = SampleAttentionConfig(alpha=alpha, window_ratio=0.08, sample_ratio=0.05, dense_below=0,
+                                       gqa_granularity="kv_head")
+        p = plan(q, k, config, reports=False)
+        oracle = attention_rows_ref(q, k, v, check_rows, plan=p)
+        row = {"seqlen": seqlen, "what": "stage3", "alpha": alpha, "density": p.mean_density,
+               "kmax": int(p.col_idx.shape[-1])}
+        for compact in (False, True):
+            run = lambda: sparse_attention_fwd(q, k, v, p.col_idx, p.window, segment_rows=p.segment_rows,
+                                               q_per_sel=p.q_per_sel, scale=p.scale, block_m=128, block_n=128,
+                                               compact=compact)[0]
+            name = "compact" if compact else "gathered"
+            row[f"{name}_err_vs_own_plan"] = relative_error(run()[:, check_rows], oracle)
+            row[f"{name}_ms"] = cuda_ms(run)
+        row["speedup"] = row["gathered_ms"] / row["compact_ms"]
+        results.append(row)
+        save()
+        print(json.dumps(row), flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--lengths", default="32768,131072")
+    parser.add_argument("--parts", default="plan,sweep,stage3",
+                        help="plan (the plan by parts), sweep (the launch options), stage3 (compact columns)")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -161,8 +198,12 @@ def main(argv=None) -> int:
                                                           "seconds": time.time() - started}, indent=1))
 
     for seqlen in [int(x) for x in args.lengths.split(",")]:
-        sweep_length(seqlen, results, save)
-        torch.cuda.empty_cache()
+        if parts & {"plan", "sweep"}:
+            sweep_length(seqlen, results, save, options="sweep" in parts)
+            torch.cuda.empty_cache()
+        if "stage3" in parts:
+            stage3_compact(seqlen, results, save)
+            torch.cuda.empty_cache()
     for seqlen in sorted({r["seqlen"] for r in results}):
         for what in ("row_stats", "column_scores"):
             ok = [r for r in results if r["seqlen"] == seqlen and r["what"] == what and "ms" in r]

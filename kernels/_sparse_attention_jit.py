@@ -70,10 +70,11 @@ def _band_tiles(
 
 @triton.jit
 def sparse_attention_fwd_kernel(
-    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW,
+    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL,
     stride_qb, stride_qm, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
+    stride_gb, stride_gh, stride_gs, stride_gc,
     stride_ob, stride_om, stride_oh,
     stride_lb, stride_lh,
     stride_cb, stride_ch, stride_cs,
@@ -82,6 +83,7 @@ def sparse_attention_fwd_kernel(
     q_per_kv, q_per_sel, segment_rows, m_stride, m_first,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr, LSE_ONLY: tl.constexpr,
+    COMPACT: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head).
 
@@ -92,6 +94,9 @@ def sparse_attention_fwd_kernel(
 
     Program ``pid_m`` takes query block ``pid_m * m_stride + m_first`` (stage 3: 1 and 0).
     ``LSE_ONLY`` (the rescoring pass) skips V, O and the P.V products and writes only LSE.
+    With ``COMPACT``, K_SEL and V_SEL (B, Hsel, n_seg, kmax, D) hold the selected columns' keys
+    and values side by side (entry c is row COL_IDX[..., c] of K and V): the column loops then
+    read contiguous tiles, as the band does, instead of gathering rows through the indices.
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     pid_m = tl.program_id(0) * m_stride + m_first
@@ -129,28 +134,41 @@ def sparse_attention_fwd_kernel(
     n_all = tl.load(COL_ALL + b * stride_eb + h64 * stride_eh + pid_m)
     n_unmasked = (n_all // BLOCK_N) * BLOCK_N
     col_base = COL_IDX + b * stride_cb + sel_h * stride_ch + seg * stride_cs
+    sel_off = b * stride_gb + sel_h * stride_gh + seg * stride_gs
     for c0 in range(0, n_unmasked, BLOCK_N):
         offs_c = c0 + tl.arange(0, BLOCK_N)
-        cols64 = tl.load(col_base + offs_c).to(tl.int64)
-        k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
-        if LSE_ONLY:
-            v = k  # unused
+        if COMPACT:
+            tile = sel_off + offs_c[:, None].to(tl.int64) * stride_gc + offs_d[None, :]
+            k = tl.load(K_SEL + tile, mask=d_mask[None, :], other=0.0)
+            if LSE_ONLY:
+                v = k  # unused
+            else:
+                v = tl.load(V_SEL + tile, mask=d_mask[None, :], other=0.0)
         else:
-            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+            cols64 = tl.load(col_base + offs_c).to(tl.int64)
+            k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+            if LSE_ONLY:
+                v = k  # unused
+            else:
+                v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
     for c0 in range(n_unmasked, n_cols, BLOCK_N):
         offs_c = c0 + tl.arange(0, BLOCK_N)
         c_mask = offs_c < n_cols
         cols = tl.load(col_base + offs_c, mask=c_mask, other=0)
-        cols64 = cols.to(tl.int64)
-        k = tl.load(k_base + cols64[:, None] * stride_kn + offs_d[None, :],
-                    mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+        if COMPACT:
+            tile = sel_off + offs_c[:, None].to(tl.int64) * stride_gc + offs_d[None, :]
+            k_ptr, v_ptr = K_SEL + tile, V_SEL + tile
+        else:
+            cols64 = cols.to(tl.int64)
+            k_ptr = k_base + cols64[:, None] * stride_kn + offs_d[None, :]
+            v_ptr = v_base + cols64[:, None] * stride_vn + offs_d[None, :]
+        k = tl.load(k_ptr, mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         if LSE_ONLY:
             v = k  # unused
         else:
-            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :],
-                        mask=c_mask[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_ptr, mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))

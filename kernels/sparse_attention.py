@@ -15,10 +15,47 @@ import triton
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
 from .sampling import dot_precision
 
-__all__ = ["MAX_GRID_Y", "columns_left_of_window", "sparse_attention_fwd"]
+__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
 
 #: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
 MAX_GRID_Y = 65_535
+
+#: The compact copy of the selected keys and values is made only while it takes at most this
+#: share of the inputs' memory (q, k and v): the operator's extra memory stays bounded.
+COMPACT_MEMORY_SHARE = 0.08
+
+
+def compact_columns(
+    k: torch.Tensor, v: torch.Tensor | None, col_idx: torch.Tensor, *, q_per_sel: int, q_per_kv: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The selected columns' keys and values side by side, for contiguous loads in stage 3.
+
+    Args:
+        k, v: (B, Sk, Hkv, D) (v may be None: only keys are copied).
+        col_idx: (B, Hsel, n_seg, kmax) int32, padded with Sk; each selection head's query
+            heads share one KV head (``q_per_sel`` a multiple of ``q_per_kv``).
+    Returns:
+        k_sel, v_sel: (B, Hsel, n_seg, kmax, D), entry c being row ``col_idx[..., c]`` of k and v
+        (padding entries hold row Sk - 1; the kernel never uses them).
+    """
+    batch, n_sel = col_idx.shape[:2]
+    idx = col_idx.clamp(max=k.shape[1] - 1).to(torch.int64)
+    kv_head = (torch.arange(n_sel, device=k.device) * q_per_sel // q_per_kv).view(1, -1, 1, 1)
+    b = torch.arange(batch, device=k.device).view(-1, 1, 1, 1)
+    return k[b, idx, kv_head], (None if v is None else v[b, idx, kv_head])
+
+
+def use_compact_columns(q, k, v, col_idx, *, q_per_sel: int, lse_only: bool) -> bool:
+    """Whether stage 3 reads the selected columns from a compact copy (`compact_columns`): when
+    every selection head maps to one KV head (KV-head granularity, or no GQA) and the copy
+    stays within `COMPACT_MEMORY_SHARE` of the inputs."""
+    q_per_kv = q.shape[2] // k.shape[2]
+    if q_per_sel % q_per_kv:
+        return False  # query-head selection under GQA: one copy per query head, too large
+    copies = 1 if lse_only else 2
+    extra = copies * col_idx.numel() * k.shape[-1]
+    inputs = q.numel() + k.numel() + (0 if lse_only else v.numel())
+    return extra <= COMPACT_MEMORY_SHARE * inputs
 
 
 def columns_left_of_window(
@@ -73,6 +110,7 @@ def sparse_attention_fwd(
     m_stride: int = 1,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    compact: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run the stage-3 kernel.
 
@@ -87,6 +125,9 @@ def sparse_attention_fwd(
             output): the first pass of the rescoring selection. Implies ``return_lse``.
         m_stride: run only query blocks ``t`` with ``t = n_mblocks - 1 (mod m_stride)`` (the
             last block always); rows of the other blocks get an undefined lse. 1 = all blocks.
+        compact: read the selected columns from a compact copy of their keys and values
+            (contiguous tiles) instead of gathering them by index; None decides by
+            `use_compact_columns` (needs KV-head granularity; bounded extra memory).
     Returns:
         out (B, Sq, Hq, D) in q's dtype (None with ``lse_only``), and lse (B, Hq, Sq) fp32
         natural log-sum-exp (or None).
@@ -123,12 +164,25 @@ def sparse_attention_fwd(
     if m_stride < 1:
         raise ValueError(f"m_stride={m_stride} must be >= 1")
     m_first = (n_mblocks - 1) % m_stride
+    q_per_kv = nheads_q // nheads_kv
+    if compact is None:
+        compact = use_compact_columns(q, k, v, col_idx, q_per_sel=q_per_sel, lse_only=lse_only)
+    elif compact and q_per_sel % q_per_kv:
+        raise ValueError(f"compact columns need each selection head inside one KV head; q_per_sel={q_per_sel} "
+                         f"is not a multiple of {q_per_kv} query heads per KV head")
+    if compact:
+        k_sel, v_sel = compact_columns(k, None if lse_only else v, col_idx, q_per_sel=q_per_sel, q_per_kv=q_per_kv)
+        v_sel = k_sel if v_sel is None else v_sel
+        sel_strides = (k_sel.stride(0), k_sel.stride(1), k_sel.stride(2), k_sel.stride(3))
+    else:
+        k_sel, v_sel, sel_strides = k, v, (0, 0, 0, 0)  # unused by the kernel
     grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
-        q, k, v, out, lse, col_idx, col_end, col_all, window,
+        q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
+        *sel_strides,
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
         col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
@@ -136,6 +190,6 @@ def sparse_attention_fwd(
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first,
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        RETURN_LSE=return_lse, LSE_ONLY=lse_only, num_warps=num_warps, num_stages=num_stages,
+        RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, num_warps=num_warps, num_stages=num_stages,
     )
     return (None if lse_only else out), (lse if return_lse else None)

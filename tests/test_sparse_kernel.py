@@ -164,3 +164,61 @@ def test_small_tiles_run_both_gathered_loops(seqlen_q, seqlen_k, block_m, block_
                   scale=64 ** -0.5)
     out = sparse_attention(q, k, v, p, block_m=block_m, block_n=block_n)
     assert rel_err(out, sparse_attention_ref(q, k, v, p)) < 1e-5
+
+
+COMPACT_CASES = [
+    # (batch, Sq, Sk, Hq, Hkv, q_per_sel, segment_rows, block_m, block_n, dtype)
+    (1, 300, 300, 4, 2, 2, None, 32, 16, torch.float32),  # KV-head sets, small tiles: both column loops
+    (2, 150, 180, 4, 1, 4, 64, 64, 32, torch.float32),  # segments
+    (1, 200, 450, 3, 3, 1, None, 64, 64, torch.float16),  # no GQA, Sq < Sk
+    (1, 97, 97, 8, 2, 4, None, 16, 16, torch.float16),
+]
+
+
+@pytest.mark.parametrize("case", COMPACT_CASES, ids=lambda c: f"{c[1]}x{c[2]}-{c[3]}/{c[4]}-sel{c[5]}-bm{c[7]}")
+def test_compact_columns_give_the_gathered_result(case):
+    """Stage 3 reading the selected keys and values from their compact copy equals the gathered
+    path and the oracle, with the output and the lse, and in the lse-only mode."""
+    from sampleattn.kernels import sparse_attention_fwd
+
+    batch, seqlen_q, seqlen_k, hq, hkv, q_per_sel, segment_rows, block_m, block_n, dtype = case
+    q, k, v, plan = make_case(batch, seqlen_q, seqlen_k, hq, hkv, 64, dtype, q_per_sel=q_per_sel,
+                              segment_rows=segment_rows, block_m=block_m, seed=seqlen_k)
+    kwargs = dict(segment_rows=plan.segment_rows, q_per_sel=q_per_sel, scale=plan.scale, block_m=block_m,
+                  block_n=block_n, return_lse=True)
+    out_c, lse_c = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, compact=True, **kwargs)
+    out_g, lse_g = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, compact=False, **kwargs)
+    tol = 1e-6 if dtype == torch.float32 else 1e-3
+    assert rel_err(out_c, out_g) < tol
+    finite = torch.isfinite(lse_g)
+    assert torch.equal(torch.isfinite(lse_c), finite)
+    assert torch.allclose(lse_c[finite], lse_g[finite], atol=1e-4)
+    assert_close_to_golden(out_c, q, k, v, plan.to_dense(), plan.scale)
+    _, lse_only = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, compact=True, lse_only=True, **kwargs)
+    assert torch.allclose(lse_only[finite], lse_g[finite], atol=1e-4)
+
+
+def test_compact_columns_copy_the_right_rows_and_are_chosen_by_memory():
+    from sampleattn.kernels.sparse_attention import (
+        COMPACT_MEMORY_SHARE, compact_columns, sparse_attention_fwd, use_compact_columns,
+    )
+
+    q, k, v = qkv(2, 64, 100, 4, 2, 32, torch.float32, seed=2)
+    col_idx = torch.tensor([[[[3, 50, 99, 100]], [[0, 7, 100, 100]]]] * 2, dtype=torch.int32, device=DEVICE)
+    k_sel, v_sel = compact_columns(k, v, col_idx, q_per_sel=2, q_per_kv=2)
+    assert k_sel.shape == (2, 2, 1, 4, 32)
+    assert torch.equal(k_sel[1, 1, 0, 1], k[1, 7, 1]) and torch.equal(v_sel[0, 0, 0, 2], v[0, 99, 0])
+    assert torch.equal(k_sel[0, 0, 0, 3], k[0, 99, 0])  # padding reads the last row (never used)
+    # Query-head sets under GQA would need one copy per query head: never compact.
+    assert not use_compact_columns(q, k, v, col_idx.repeat(1, 2, 1, 1), q_per_sel=1, lse_only=False)
+    window = torch.full((4,), 8, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="KV head"):
+        sparse_attention_fwd(q, k, v, col_idx.repeat(1, 2, 1, 1), window, segment_rows=64, q_per_sel=1,
+                             scale=0.1, compact=True)
+    # Chosen while the copy stays within its share of the inputs' memory.
+    inputs = q.numel() + k.numel() + v.numel()
+    fits = int(COMPACT_MEMORY_SHARE * inputs // (2 * 2 * 2 * 32))  # kmax for which 2 copies fit
+    small = torch.zeros(2, 2, 1, fits, dtype=torch.int32, device=DEVICE)
+    large = torch.zeros(2, 2, 1, fits + 1, dtype=torch.int32, device=DEVICE)
+    assert use_compact_columns(q, k, v, small, q_per_sel=2, lse_only=False)
+    assert not use_compact_columns(q, k, v, large, q_per_sel=2, lse_only=False)
