@@ -21,20 +21,25 @@ import triton.language as tl
 
 
 @triton.jit
-def _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr):
-    """Fold one tile of log2-domain scores ``s`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
+def _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr):
+    """Fold one tile of raw scores ``s = q.k`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
+
+    The log2-domain scale is applied in one fused multiply-add with the running max
+    (``s * scale - m``; the scale is positive, so the scaled max is the max of the scaled
+    scores), and the P.V product accumulates into the rescaled accumulator inside the matrix
+    instruction instead of being added afterwards.
 
     Masked entries of ``s`` are -inf. A row whose running max is still -inf (nothing visible
     yet) uses 0 as its reference, so ``exp2(-inf - -inf)`` (NaN) never happens. With
     ``LSE_ONLY`` only the running max and sum are kept (``v`` and ``acc`` are not touched).
     """
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     rescale = tl.exp2(m_i - m_ref)
-    p = tl.exp2(s - m_ref[:, None])
+    p = tl.exp2(s * qk_scale - m_ref[:, None])
     l_i = l_i * rescale + tl.sum(p, 1)
     if not LSE_ONLY:
-        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = tl.dot(p.to(v.dtype), v, acc * rescale[:, None], input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -59,12 +64,12 @@ def _band_tiles(
         else:
             v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :],
                         mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             keep = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - w)
             keep = keep & n_mask[None, :]
             s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     return acc, m_i, l_i
 
 
@@ -151,8 +156,8 @@ def sparse_attention_fwd_kernel(
                 v = k  # unused
             else:
                 v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     for c0 in range(n_unmasked, n_cols, BLOCK_N):
         offs_c = c0 + tl.arange(0, BLOCK_N)
         c_mask = offs_c < n_cols
@@ -169,10 +174,10 @@ def sparse_attention_fwd_kernel(
             v = k  # unused
         else:
             v = tl.load(v_ptr, mask=c_mask[:, None] & d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, DOT_PRECISION, LSE_ONLY)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
 
     # (b) the window band [first_pos - w + 1, last_pos], masked at its edges only.
     first_pos = offset + row0
