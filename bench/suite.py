@@ -221,6 +221,8 @@ class Suite:
             first = not any(note.startswith("SmolLM2 capture") for note in self.notes)
             started = time.time()
             captured = h.capture_smollm2(seqlen, layers, batch=batch, device=self.device)
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()  # the prefill runs asynchronously: time it to its end
             capture_s = time.time() - started
             for b in wanted:
                 self.inputs[(b, seqlen, geometry.name, batch)] = h.smollm2_to_geometry(captured, bands[b], geometry,

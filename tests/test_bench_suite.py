@@ -90,3 +90,15 @@ def test_smollm2_heads_in_llama_geometry_keep_their_logits():
             mapped = q[0, :, 4 * g + j] @ k[0, :, g].T / math.sqrt(128)
             torch.testing.assert_close(mapped, real, atol=1e-4, rtol=1e-4)
     assert (k != 0).float().mean() > 0.99  # turned: no zero-padded coordinates left
+
+
+def test_error_rows_are_the_same_for_every_case_of_a_length():
+    """Two configurations compared at one length (the alpha-0.99 rule) measure their errors on
+    the same query rows, run after run; another length gets its own rows."""
+    from sampleattn.bench.harness import error_rows_for
+
+    a, b = error_rows_for(4096, 256), error_rows_for(4096, 256)
+    assert torch.equal(a, b)
+    assert a.dtype == torch.int64 and a.shape == (256,)
+    assert a[-1] == 4095 and bool((a[1:] > a[:-1]).all())  # sorted, distinct, last row included
+    assert not torch.equal(error_rows_for(8192, 256)[:255], a[:255])
