@@ -67,12 +67,15 @@ def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path
     def speedup(r):
         return r.get("speedup_vs_cudnn_measured") or r.get("speedup_vs_cudnn")
 
+    def config(r):
+        return (r["window_ratio"], r["sample_ratio"])
+
     series = {
         "real (SmolLM2 heads, middle band), w8% s5%": [
-            r for r in cases if r["part"] in ("breakeven", "main128k") and r["inputs"] != "synthetic"
-            and "real-mid" in r["label"]],
-        "real, 1M, w1% s1%": [r for r in cases if r["part"] == "1m" and (r["window_ratio"], r["sample_ratio"])
-                              == (0.01, 0.01)],
+            r for r in cases if r["part"] in ("breakeven", "main128k", "mid512k") and r["inputs"] != "synthetic"
+            and "real-mid" in r["label"] and config(r) == (0.08, 0.05) and r.get("batch", 1) == 1],
+        "real, middle band, w1% s1% (256K-1M)": [r for r in cases if r["part"] in ("1m", "mid512k")
+                                                 and config(r) == (0.01, 0.01)],
         "synthetic (structured_qkv), w8% s5%": [r for r in cases if r["part"] in ("breakeven", "synth128k", "synth1m")
                                                 and r["inputs"] == "synthetic"],
     }
@@ -94,8 +97,11 @@ def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
+    # The 128K cases of the targets (parts that repeat the main case, such as the grid or the
+    # FlexAttention comparison, are left out: one bar per configuration).
+    stage_parts = ("main128k", "synth128k", "alpha099", "alphas128k", "rescored")
     long = [r for r in cases if r["seqlen"] == report.get("sizes", {}).get("long", 131072)
-            and r["geometry"] == report.get("sizes", {}).get("geometry", "llama3")]
+            and r["geometry"] == report.get("sizes", {}).get("geometry", "llama3") and r["part"] in stage_parts]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     labels = [r["label"].replace("128k ", "").replace(" (reference)", " ref").replace(" (choice)", "")
               for r in long]
@@ -116,17 +122,27 @@ def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path
     return paths
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from the ``suite.json`` of several runs of the suite (parts run in separate
+    calls): the first report's env and sizes, every report's rows in order."""
+    if not reports:
+        raise ValueError("merge_reports needs at least one suite.json report")
+    return {**reports[0], "rows": [row for report in reports for row in report["rows"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sampleattn.bench.plots SUITE_JSON --out DIR [--prefix P]``: the suite's PNGs."""
+    """``python -m sampleattn.bench.plots SUITE_JSON [SUITE_JSON ...] --out DIR [--prefix P]``: the
+    suite's PNGs, from one run or from the rows of several (parts run in separate calls)."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.plots", description=main.__doc__)
-    parser.add_argument("suite_json")
+    parser.add_argument("suite_json", nargs="+")
     parser.add_argument("--out", default=".")
     parser.add_argument("--prefix", default="suite-")
     args = parser.parse_args(argv)
-    for path in plot_suite(json.loads(Path(args.suite_json).read_text()), Path(args.out), args.prefix):
+    report = merge_reports([json.loads(Path(p).read_text()) for p in args.suite_json])
+    for path in plot_suite(report, Path(args.out), args.prefix):
         print(path)
     return 0
 

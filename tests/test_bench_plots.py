@@ -28,3 +28,20 @@ def test_plot_suite_writes_both_pngs(tmp_path):
     assert plots.main([str(path), "--out", str(tmp_path / "png"), "--prefix", "x-"]) == 0
     for name in ("x-speedup.png", "x-stages.png"):
         assert (tmp_path / "png" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_merge_the_rows_of_several_runs(tmp_path):
+    first = {"env": {"device": "first"}, "sizes": {"long": 131072, "geometry": "llama3"}, "rows": [
+        _case("main128k", "128k real-mid a0.95 w8% s5%", "smollm2-layer14", 131072, 2.5)]}
+    second = {"env": {"device": "second"}, "sizes": {"long": 131072, "geometry": "llama3"}, "rows": [
+        _case("mid512k", "262144 real-mid a0.95 w8% s5%", "smollm2-layer14", 262144, 2.9),
+        _case("mid512k", "262144 real-mid a0.95 w1% s1%", "smollm2-layer14", 262144, 2.4, 0.01, 0.01)]}
+    merged = plots.merge_reports([first, second])
+    assert merged["env"] == {"device": "first"}
+    assert [r["seqlen"] for r in merged["rows"]] == [131072, 262144, 262144]
+    paths = []
+    for i, report in enumerate((first, second)):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(report))
+    assert plots.main([str(p) for p in paths] + ["--out", str(tmp_path / "png"), "--prefix", "m-"]) == 0
+    assert (tmp_path / "png" / "m-speedup.png").read_bytes()[:4] == b"\x89PNG"
