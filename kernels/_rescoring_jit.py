@@ -11,8 +11,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._specialization import LENGTH_ARGS
 
-@triton.jit
+
+# LSE is stage 3's per-row log-sum-exp (B, Hq, Sq): its strides follow the length.
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_lb", "stride_lh"])
 def candidate_mass_kernel(
     Q, K, LSE, CAND, CAND_COUNT, WINDOW, SCORE,
     stride_qb, stride_qm, stride_qh,

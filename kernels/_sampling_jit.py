@@ -21,6 +21,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._specialization import LENGTH_ARGS
+
 
 @triton.jit
 def _sampled_rows_tile(
@@ -64,7 +66,7 @@ def _sampled_lse_step(m_i, l_in, l_out, s, qk_scale, inside, TRACK_WINDOW: tl.co
     return m_new, l_in, l_out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["n_row_blocks"])
 def sampled_row_stats_kernel(
     Q, K, ROWS, WINDOW, LSE2, WMASS,
     stride_qb, stride_qm, stride_qh,
@@ -171,7 +173,7 @@ def _column_score_tile(acc, q_base, K_T, LSE2_BASE, ROWS, rb, offs_n, offs_d, d_
     return acc + p
 
 
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_sb", "stride_sh", "stride_ss"])
 def column_scores_kernel(
     Q, K, ROWS, WINDOW, LSE2, SEG_BLOCKS, FIRST_BLOCK, FREE_BLOCK, SCORES,
     stride_qb, stride_qm, stride_qh,
@@ -231,7 +233,7 @@ def column_scores_kernel(
              score, mask=n_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS)
 def stripe_mass_kernel(
     Q, K, ROWS, WINDOW, LSE2, BLOCK_SEG, COL_IDX, COL_COUNT, STRIPE,
     stride_qb, stride_qm, stride_qh,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._specialization import LENGTH_ARGS
+
 
 @triton.jit
 def _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr):
@@ -73,7 +75,7 @@ def _band_tiles(
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_lb", "stride_lh", "stride_eb", "stride_eh"])
 def sparse_attention_fwd_kernel(
     Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL,
     stride_qb, stride_qm, stride_qh,

@@ -7,7 +7,7 @@ memory per head, no Python loop over heads or rows. Shared by the kernel path
 The width ``kmax`` of ``col_idx`` is the one value of a plan that needs the host: by default it is
 the largest column count, read back with one device synchronisation. Under `static_kmax` (or
 while the current CUDA stream is being captured into a graph) it is ``seqlen_k`` instead, a
-bound known from the shapes, so the plan does no host synchronisation at all; the columns, the
+bound known from the shapes (either is then padded to a multiple of 16, `COL_IDX_ALIGN`), so the plan does no host synchronisation at all; the columns, the
 counts and every result are the same, only the padding is wider.
 """
 
@@ -20,6 +20,12 @@ from typing import Iterator
 import torch
 
 __all__ = ["density_per_head", "select_columns", "static_kmax", "uses_static_kmax"]
+
+#: ``col_idx``'s width is padded to a multiple of this: its strides then stay in one divisibility
+#: class whatever the number of selected columns, so Triton (which specialises integer
+#: arguments by divisibility by 16) compiles one stage-3 variant rather than one more for each
+#: new class, and the kernels' loads of 16 column indices stay aligned.
+COL_IDX_ALIGN = 16
 
 _STATIC_KMAX: contextvars.ContextVar[bool] = contextvars.ContextVar("sampleattn_static_kmax", default=False)
 
@@ -61,7 +67,8 @@ def select_columns(
         static: ``kmax = Sk`` (no host synchronisation) when True, the largest count when
             False; None decides by `uses_static_kmax`.
     Returns:
-        col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with Sk;
+        col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with Sk to a width that is a
+            multiple of `COL_IDX_ALIGN` (at least the largest count; ``Sk`` rounded up when static);
         col_count: (B, Hsel, n_seg) int32. Columns with zero score are never taken (alpha < 1).
     """
     batch, n_sel, n_seg, seqlen_k = scores.shape
@@ -87,6 +94,8 @@ def select_columns(
     keep = torch.arange(kmax, device=scores.device).view(1, 1, 1, -1) < count.unsqueeze(-1)
     top = torch.where(keep, top, torch.full_like(top, seqlen_k))
     col_idx = torch.sort(top, dim=-1).values.to(torch.int32)
+    width = -(-kmax // COL_IDX_ALIGN) * COL_IDX_ALIGN
+    col_idx = torch.nn.functional.pad(col_idx, (0, width - kmax), value=seqlen_k)
     return col_idx.contiguous(), count.to(torch.int32)
 
 

@@ -1,0 +1,80 @@
+"""No recompilation for each new length: the compile-cache keys the kernels would use on an
+H200 (sm_90), counted on the CPU with Triton's own binder (bench/triton_keys.py).
+
+The lengths are runtime arguments of every kernel and are not specialised on
+(kernels/_specialization.py), and `col_idx` is padded to a multiple of 16 columns, so one
+configuration compiles each kernel once whatever the length: over many lengths (every residue
+class mod 16, of the lengths and of the counts derived from them) each kernel has one key, and
+stage 3 two at most (its compact-columns path is a separate variant, chosen by memory)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sampleattn import SampleAttentionConfig, plan, sample_attention
+from sampleattn.synthetic import structured_qkv
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="counts the cache keys of interpreted launches (the CPU run)")
+
+LENGTHS = (256, 264, 300, 392, 520, 610)
+
+
+def _config(**update):
+    return SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0, **update)
+
+
+@pytest.mark.parametrize("mode", ["kv_head", "query_head", "reports", "rescored"])
+def test_new_lengths_do_not_recompile(mode):
+    from sampleattn.bench.triton_keys import CacheKeyRecorder
+
+    config = _config(gqa_granularity="query_head" if mode == "query_head" else "kv_head",
+                     selection="rescored" if mode == "rescored" else "sampled")
+    with CacheKeyRecorder() as recorder:
+        for n in LENGTHS:
+            q, k, v = structured_qkv(1, n, n, 4, 2, 64, dtype=torch.float16, seed=n)
+            if mode == "reports":
+                plan(q, k, config)  # the retained-mass reports: the stripe-mass kernel too
+            else:
+                sample_attention(q, k, v, config)
+    counts = recorder.count_by_kernel()
+    expected = {"reports": {"sampled_row_stats_kernel", "column_scores_kernel", "stripe_mass_kernel"},
+                "rescored": {"candidate_mass_kernel", "sparse_attention_fwd_kernel"}}.get(
+                    mode, {"sampled_row_stats_kernel", "column_scores_kernel", "sparse_attention_fwd_kernel"})
+    assert expected <= set(counts), counts
+    differing = recorder.differing_arguments()
+    # Stage 3's variants are choices of the configuration, never of the length: the compact
+    # copy (by memory) and, for the rescored selection, its log-sum-exp-only ranking launch
+    # (other tiles, no output: a 1-element placeholder with strides 1).
+    stage3 = {"COMPACT"} | ({"LSE_ONLY", "RETURN_LSE", "BLOCK_M", "BLOCK_N", "stride_ob", "stride_om", "stride_oh"}
+                            if mode == "rescored" else set())
+    for kernel, n_keys in counts.items():
+        allowed = stage3 if kernel == "sparse_attention_fwd_kernel" else set()
+        assert n_keys <= (3 if allowed == stage3 and mode == "rescored" else 1 + len(allowed)), \
+            (kernel, differing.get(kernel))
+        assert set(differing.get(kernel, {})) <= allowed, (kernel, differing[kernel])
+
+
+def test_col_idx_width_is_a_multiple_of_16():
+    for n in (300, 517):
+        q, k, _ = structured_qkv(1, n, n, 4, 2, 64, dtype=torch.float16, seed=n)
+        p = plan(q, k, _config(), reports=False)
+        assert p.col_idx.shape[-1] % 16 == 0
+        assert p.col_idx.shape[-1] - int(p.col_count.max()) < 16
+        assert bool((p.col_idx[..., int(p.col_count.max()):] == n).all())  # the padding is the sentinel
+
+
+def test_a_new_head_dim_is_a_new_key():
+    """The recorder sees real differences: another head dimension is another compiled kernel."""
+    from sampleattn.bench.triton_keys import CacheKeyRecorder
+
+    with CacheKeyRecorder() as recorder:
+        q, k, v = structured_qkv(1, 512, 512, 4, 2, 64, dtype=torch.float16, seed=0)
+        sample_attention(q, k, v, _config())
+        before = set(recorder.keys)
+        q, k, v = structured_qkv(1, 512, 512, 4, 2, 128, dtype=torch.float16, seed=0)
+        sample_attention(q, k, v, _config())
+    assert len(recorder.keys - before) >= 3
