@@ -4,10 +4,10 @@ Run on a CUDA GPU: ``python -m sampleattn.bench.recompile_check --out DIR``. For
 (multiples of 16 and odd ones, in Llama-3-8B's geometry, synthetic inputs, bf16) it calls the
 whole operator once and records the first-call time and the number of compiled variants of the
 `sampleattn.kernels` Triton functions held in Triton's in-memory caches
-(`harness.compiled_kernel_count`). The kernels take every length as a runtime argument; Triton
-still specializes integer arguments on divisibility by 16 (and on the value 1), so the first
-length that is not a multiple of 16 may add variants once. The check fails if a second pass over
-the same divisibility classes, at new lengths, adds any. Writes ``DIR/recompile_check.json``.
+(`harness.compiled_kernel_count`). The kernels take every length as a runtime argument and do
+not specialise on it (kernels/_specialization.py; `tests/test_no_recompile.py` counts the same
+keys on the CPU), so after the first length no length should add a variant; the check fails if
+the second pass, at new lengths, adds any. Writes ``DIR/recompile_check.json``.
 """
 
 from __future__ import annotations
