@@ -34,6 +34,8 @@ class CacheKeyRecorder:
         self.keys: set[tuple[str, str]] = set()
         #: (kernel, cache key) -> {argument name: its specialisation}, to say what differs
         self.specializations: dict[tuple[str, str], dict[str, str]] = {}
+        #: (kernel, cache key) -> what `compile_for_gpu` needs to build that variant
+        self.launches: dict[tuple[str, str], dict] = {}
         self._binders: dict = {}
         self._original = None
 
@@ -66,6 +68,11 @@ class CacheKeyRecorder:
             if key not in recorder.keys:
                 names = [p.name for p in inspect.signature(self.fn).parameters.values()]
                 recorder.specializations[key] = {n: str(s[1]) for n, s in zip(names, specialization)}
+                values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+                recorder.launches[key] = {
+                    "module": self.fn.__module__, "name": self.fn.__name__, "signature": {n: s[0] for n, s in zip(names, specialization)},
+                    "constexprs": {n: values[n] for n, s in zip(names, specialization) if s[0] == "constexpr"},
+                    "num_warps": kwargs.get("num_warps", 4), "num_stages": kwargs.get("num_stages", 3)}
             recorder.keys.add(key)
             return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -87,3 +94,45 @@ class CacheKeyRecorder:
     def count_by_kernel(self) -> dict[str, int]:
         """Distinct cache keys (compiled variants on a GPU) per kernel function."""
         return dict(collections.Counter(name for name, _ in self.keys))
+
+
+#: Shared memory one thread block may use on the H200 (227 KiB): a kernel that needs more fails
+#: at launch with "out of resource: shared memory".
+H200_SHARED_BYTES = 232_448
+
+
+def compile_for_gpu(launch: dict, capability: int = 90) -> int:
+    """Compile one recorded launch (`CacheKeyRecorder.launches`) with Triton's CUDA back end for
+    ``capability`` (no GPU needed: Triton's bundled ptxas) and return the shared memory, in bytes,
+    that one block of it needs. Integers are compiled without divisibility hints. Under the
+    interpreter the kernels' helper functions are not compilable objects, so the compile then
+    runs in a fresh Python process without ``TRITON_INTERPRET``."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        import json
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        done = subprocess.run([sys.executable, "-m", "sampleattn.bench.triton_keys", str(capability)],
+                              input=json.dumps(launch), capture_output=True, text=True, env=env, check=False)
+        if done.returncode:
+            raise RuntimeError(f"compiling {launch['name']} for sm_{capability} failed:\n{done.stderr[-3000:]}")
+        return int(done.stdout.strip().splitlines()[-1])
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(launch["module"]), launch["name"])
+    kernel = triton.compile(ASTSource(fn, launch["signature"], constexprs=launch["constexprs"]),
+                            target=GPUTarget("cuda", capability, 32),
+                            options={"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]})
+    return int(kernel.metadata.shared)
+
+
+if __name__ == "__main__":  # the compile of `compile_for_gpu`: a launch as JSON on stdin
+    import json
+    import sys
+
+    print(compile_for_gpu(json.load(sys.stdin), int(sys.argv[1]) if len(sys.argv) > 1 else 90))

@@ -80,7 +80,12 @@ def sampled_row_stats(
     q_per_kv = nheads_q // nheads_kv
     auto = row_stats_options(block_s, q_per_kv)
     heads_per_program = auto["heads_per_program"] if heads_per_program is None else heads_per_program
-    block_n = block_n or auto["block_n"]
+    if block_n is None:
+        block_n = auto["block_n"]
+        if q.element_size() == 4 and _block_d(head_dim) >= 256:
+            # fp32 at head dim 256: two stages of 128-key tiles need 256 KiB of shared memory, over
+            # an H200 block's 227 KiB (scripts/aot_compile_check.py); 64-key tiles need 128 KiB.
+            block_n = min(block_n, 64)
     num_warps = num_warps or _warps(heads_per_program * block_s)  # 4 for 64-row tiles, 8 for 128
     num_stages = num_stages or auto["num_stages"]
     if heads_per_program < 1 or q_per_kv % heads_per_program or heads_per_program & (heads_per_program - 1):

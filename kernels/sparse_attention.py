@@ -143,6 +143,11 @@ def sparse_attention_fwd(
     if block_d > 128:
         # A 256-wide head's fp32 accumulator for 128 rows does not fit in registers: halve the tiles.
         block_m, block_n = min(block_m, 64), min(block_n, 64)
+    elif block_d == 128 and q.element_size() == 4:
+        # fp32 inputs take twice the shared memory: 128x128 tiles in 3 stages need 384 KiB, over an
+        # H200 block's 227 KiB; 128x64 tiles in 2 stages need 161 KiB (scripts/aot_compile_check.py).
+        block_n = min(block_n, 64)
+        num_stages = num_stages or 2
     if num_warps is None:
         # Measured on the H200 (docs/benchmarks.md): 64-row tiles want 4 warps (8 halve the
         # throughput), 128-row tiles want 8.

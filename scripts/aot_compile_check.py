@@ -10,7 +10,8 @@ where device time is short. This script closes that gap on the CPU:
 `record` runs pytest under the interpreter and writes each distinct launch (kernel, argument
 types, constexpr values, num_warps, num_stages); `compile` builds each one with Triton's CUDA
 back end for compute capability 9.0 (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled
-ptxas) and prints one line per launch. Exit status 1 if any compile fails. The local Triton
+ptxas) and prints one line per launch, with the shared memory it needs (over the H200's 227 KiB
+per block counts as a failure). Exit status 1 if any compile fails. The local Triton
 version may differ from the GPU machine's; a pass here is evidence, not proof.
 """
 

@@ -78,3 +78,24 @@ def test_a_new_head_dim_is_a_new_key():
         q, k, v = structured_qkv(1, 512, 512, 4, 2, 128, dtype=torch.float16, seed=0)
         sample_attention(q, k, v, _config())
     assert len(recorder.keys - before) >= 3
+
+
+@pytest.mark.parametrize("head_dim,kernel", [(128, "sparse_attention_fwd_kernel"),
+                                             (256, "sampled_row_stats_kernel")])
+def test_fp32_launches_fit_in_h200_shared_memory(head_dim, kernel):
+    """fp32 inputs take twice the shared memory of bf16: the tiles the launchers pick for them
+    must still fit in one H200 block. They did not (stage 3 at head dim 128: 384 KiB; stage 1 at
+    256: 256 KiB), so those launches would have failed on the GPU (found by compiling for sm_90,
+    never run there). Compiled for sm_90 on the CPU (about a minute each: fp32's exact dot
+    products make large kernels)."""
+    from sampleattn.bench.triton_keys import H200_SHARED_BYTES, CacheKeyRecorder, compile_for_gpu
+
+    pytest.importorskip("triton.backends.nvidia")
+    with CacheKeyRecorder() as recorder:
+        q, k, v = structured_qkv(1, 256, 256, 4, 2, head_dim, dtype=torch.float32, seed=0)
+        sample_attention(q, k, v, _config())
+    launches = [launch for key, launch in recorder.launches.items() if key[0] == kernel]
+    assert launches, f"{kernel} was not launched"
+    for launch in launches:
+        shared = compile_for_gpu(launch)
+        assert shared <= H200_SHARED_BYTES, f"{kernel} fp32 d{head_dim} needs {shared} B of shared memory"
