@@ -32,7 +32,8 @@ class SparsePlan:
     Index tensors (what stage 3 reads):
         window: (Hq,) int32 window width per query head.
         col_idx: (B, Hsel, n_seg, kmax) int32 selected key columns, ascending, padded with
-            ``seqlen_k`` to a width that is a multiple of 16; segment s covers query rows [s * segment_rows, (s+1) * segment_rows).
+            ``seqlen_k`` to a width that is a multiple of 16; segment s covers query rows
+            [s * segment_rows, (s+1) * segment_rows).
         col_count: (B, Hsel, n_seg) int32 valid entries of each col_idx row.
     Reports (on the sampled rows):
         retained_mean, retained_min: (B, Hq) fp32 retained attention mass; min is CRA proper.

@@ -7,8 +7,9 @@ memory per head, no Python loop over heads or rows. Shared by the kernel path
 The width ``kmax`` of ``col_idx`` is the one value of a plan that needs the host: by default it is
 the largest column count, read back with one device synchronisation. Under `static_kmax` (or
 while the current CUDA stream is being captured into a graph) it is ``seqlen_k`` instead, a
-bound known from the shapes (either is then padded to a multiple of 16, `COL_IDX_ALIGN`), so the plan does no host synchronisation at all; the columns, the
-counts and every result are the same, only the padding is wider.
+bound known from the shapes, so the plan does no host synchronisation at all; the columns, the
+counts and every result are the same, only the padding is wider. Either width is then padded to
+a multiple of 16 (`COL_IDX_ALIGN`).
 """
 
 from __future__ import annotations

@@ -17,61 +17,23 @@ version may differ from the GPU machine's; a pass here is evidence, not proof.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 
 
-def _type_of(value) -> str:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
-                      torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8",
-                      torch.bool: "i1"}[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    if value is None:
-        return "constexpr"
-    raise TypeError(f"unsupported argument {type(value)}")
-
-
 def record(out_path: str, pytest_args: list[str]) -> int:
     os.environ["TRITON_INTERPRET"] = "1"
     import pytest
-    from triton.runtime import interpreter
 
-    seen: dict[str, dict] = {}
-    original = interpreter.InterpretedFunction.run
+    from sampleattn.bench.triton_keys import CacheKeyRecorder
 
-    def run(self, *args, grid, warmup, **kwargs):
-        names = self.arg_names
-        values = dict(zip(names, args))
-        launch = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
-        values.update({k: v for k, v in kwargs.items() if k in names})
-        import inspect
-
-        params = inspect.signature(self.fn).parameters
-        constexpr_names = [n for n, p in params.items() if "constexpr" in str(p.annotation)]
-        entry = {
-            "module": self.fn.__module__, "name": self.fn.__name__,
-            "signature": {n: ("constexpr" if n in constexpr_names else _type_of(values[n])) for n in names},
-            "constexprs": {n: values[n] for n in constexpr_names if n in values},
-            "num_warps": launch.get("num_warps", 4), "num_stages": launch.get("num_stages", 3),
-        }
-        seen[json.dumps(entry, sort_keys=True)] = entry
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
-
-    interpreter.InterpretedFunction.run = run
-    rc = pytest.main(pytest_args)
+    with CacheKeyRecorder() as recorder:
+        rc = pytest.main(pytest_args)
+    launches = list(recorder.launches.values())
     with open(out_path, "w") as f:
-        json.dump(list(seen.values()), f, indent=1)
-    print(f"recorded {len(seen)} distinct launches -> {out_path}")
+        json.dump(launches, f, indent=1)
+    print(f"recorded {len(launches)} distinct launches -> {out_path}")
     return int(rc)
 
 
@@ -106,23 +68,17 @@ def compile_all(path: str) -> int:
 
 
 def _compile_one(entry: dict) -> str:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from sampleattn.bench.triton_keys import H200_SHARED_BYTES, compile_for_gpu
 
-    fn = getattr(importlib.import_module(entry["module"]), entry["name"])
-    src = ASTSource(fn, entry["signature"], constexprs=entry["constexprs"])
     dtypes = sorted({t for k, t in entry["signature"].items() if k in ("Q", "K")})
     label = f"{entry['name']} {'/'.join(dtypes)} w{entry['num_warps']} s{entry['num_stages']} " + \
         " ".join(f"{k}={v}" for k, v in entry["constexprs"].items())
     try:
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
+        shared = compile_for_gpu(entry)
     except Exception as exc:  # report every failure, then exit 1
         return f"FAIL  {label}: {type(exc).__name__}: {str(exc)[:2000]}"
-    limit = 232448  # an H200 block's shared memory (227 KiB): a larger kernel fails at launch
-    note = " OVER THE H200's SHARED MEMORY" if kernel.metadata.shared > limit else ""
-    return f"{'FAIL' if note else 'ok  '}  {label}  (shared {kernel.metadata.shared} B{note})"
+    note = " OVER THE H200's SHARED MEMORY" if shared > H200_SHARED_BYTES else ""
+    return f"{'FAIL' if note else 'ok  '}  {label}  (shared {shared} B{note})"
 
 
 if __name__ == "__main__":
