@@ -109,6 +109,15 @@ def compiled_kernel_count() -> int | None:
     return total if seen else None
 
 
+def compiled_between(before: int | None, after: int | None) -> int | None:
+    """Kernels compiled between two `compiled_kernel_count` readings. Before a process's first
+    operator call the kernel modules are not imported yet and the count is None: none of their
+    variants existed, so that counts as 0. None when the count after is unknown too."""
+    if after is None:
+        return None
+    return after - (before or 0)
+
+
 def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, density: float = 0.01,
                 seed: int = 0, dtype=torch.bfloat16, device: str | torch.device = "cuda"):
     """q (B, S, Hq, D), k/v (B, S, Hkv, D) in ``geometry``: the structured generator, or real
@@ -371,7 +380,7 @@ def run_case(case: Case, q, k, v, baselines: dict, *, error_rows: int = 256, rep
     _sync(device)
     row["first_call_s"] = time.perf_counter() - started  # includes Triton compiles on a new shape
     compiled_after = compiled_kernel_count()
-    row["kernels_compiled"] = (compiled_after - compiled_before) if compiled_after is not None else None
+    row["kernels_compiled"] = compiled_between(compiled_before, compiled_after)
     rows = error_rows_for(case.seqlen, error_rows).to(device)
     exact = attention_rows_ref(q, k, v, rows)
     row["error"] = relative_error(out[:, rows], exact)

@@ -102,3 +102,12 @@ def test_error_rows_are_the_same_for_every_case_of_a_length():
     assert a.dtype == torch.int64 and a.shape == (256,)
     assert a[-1] == 4095 and bool((a[1:] > a[:-1]).all())  # sorted, distinct, last row included
     assert not torch.equal(error_rows_for(8192, 256)[:255], a[:255])
+
+
+def test_kernels_compiled_counts_the_first_call_of_a_process():
+    """Before the first operator call the kernel modules are not imported and the count is
+    None; the GPU run of 2026-12-02 crashed on None there (main128k, flex128k, sattn-bench)."""
+    assert harness.compiled_between(None, 4) == 4
+    assert harness.compiled_between(3, 3) == 0
+    assert harness.compiled_between(3, 7) == 4
+    assert harness.compiled_between(None, None) is None
