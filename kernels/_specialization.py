@@ -11,3 +11,14 @@ strides stay specialised. `tests/test_no_recompile.py` counts the compile keys o
 
 #: Every kernel that takes the lengths lists these in ``@triton.jit(do_not_specialize=...)``.
 LENGTH_ARGS = ["seqlen_q", "seqlen_k"]
+
+
+def batch_stride(t) -> int:
+    """The stride of ``t``'s first (batch) dimension as a kernel argument: 0 when that dimension
+    has one entry, since the kernels only index it with the batch number, which is then 0.
+
+    Triton types an integer argument i32 below 2**31 and i64 from there: a batch stride is the
+    whole per-sequence size (``seqlen * heads * head_dim`` for q), which reaches 2**31 at 512K
+    tokens in Llama-3-8B's geometry, so without this a batch of one would compile a second
+    variant of every kernel there. Batches of several sequences that long still do."""
+    return 0 if t.shape[0] == 1 else t.stride(0)

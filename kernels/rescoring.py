@@ -12,6 +12,7 @@ import math
 import torch
 import triton
 
+from ._specialization import batch_stride
 from ._rescoring_jit import candidate_mass_kernel
 from .sampling import _block_d, dot_precision
 from .sparse_attention import MAX_GRID_Y, sparse_attention_fwd
@@ -62,12 +63,12 @@ def rescore_candidates(
     grid = (triton.cdiv(kmax, block_c), batch * n_sel)
     candidate_mass_kernel[grid](
         q, k, lse, cand, count, window, score,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        lse.stride(0), lse.stride(1),
-        cand.stride(0), cand.stride(1),
-        count.stride(0),
-        score.stride(0), score.stride(1),
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(k), k.stride(1), k.stride(2),
+        batch_stride(lse), lse.stride(1),
+        batch_stride(cand), cand.stride(1),
+        batch_stride(count),
+        batch_stride(score), score.stride(1),
         n_sel, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, n_mblocks, m_stride, (n_mblocks - 1) % m_stride,
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),

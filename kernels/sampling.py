@@ -12,6 +12,7 @@ import math
 import torch
 import triton
 
+from ._specialization import batch_stride
 from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, stripe_mass_kernel
 
 __all__ = ["SCORES_BLOCK_N", "column_scores", "sampled_row_stats", "score_tile_ranges", "stripe_mass"]
@@ -99,9 +100,9 @@ def sampled_row_stats(
     grid = (batch * nheads_q // heads_per_program, n_row_blocks)
     sampled_row_stats_kernel[grid](
         q, k, rows, window, lse2, wmass if window_mass else lse2,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        lse2.stride(0), lse2.stride(1),
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(k), k.stride(1), k.stride(2),
+        batch_stride(lse2), lse2.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), q_per_kv, n_row_blocks,
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
         BLOCK_N=block_n, GROUP=heads_per_program, TRACK_WINDOW=window_mass,
@@ -179,10 +180,10 @@ def column_scores(
     grid = (n_tiles, batch * nheads_sel, n_seg)
     column_scores_kernel[grid](
         q, k, rows, window, lse2, seg_blocks, first_block, free_block, scores,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        lse2.stride(0), lse2.stride(1),
-        scores.stride(0), scores.stride(1), scores.stride(2),
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(k), k.stride(1), k.stride(2),
+        batch_stride(lse2), lse2.stride(1),
+        batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_sel, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
         num_warps=num_warps or _warps(block_s), num_stages=num_stages or 2,
@@ -211,11 +212,11 @@ def stripe_mass(
     grid = (rows.numel() // block_s, batch * nheads_q)
     stripe_mass_kernel[grid](
         q, k, rows, window, lse2, block_seg, col_idx, col_count, out,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        lse2.stride(0), lse2.stride(1),
-        col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
-        col_count.stride(0), col_count.stride(1),
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(k), k.stride(1), k.stride(2),
+        batch_stride(lse2), lse2.stride(1),
+        batch_stride(col_idx), col_idx.stride(1), col_idx.stride(2),
+        batch_stride(col_count), col_count.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
         HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
         num_warps=_warps(block_s),

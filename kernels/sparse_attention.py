@@ -12,6 +12,7 @@ import math
 import torch
 import triton
 
+from ._specialization import batch_stride
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
 from .sampling import dot_precision
 
@@ -178,20 +179,20 @@ def sparse_attention_fwd(
     if compact:
         k_sel, v_sel = compact_columns(k, None if lse_only else v, col_idx, q_per_sel=q_per_sel, q_per_kv=q_per_kv)
         v_sel = k_sel if v_sel is None else v_sel
-        sel_strides = (k_sel.stride(0), k_sel.stride(1), k_sel.stride(2), k_sel.stride(3))
+        sel_strides = (batch_stride(k_sel), k_sel.stride(1), k_sel.stride(2), k_sel.stride(3))
     else:
         k_sel, v_sel, sel_strides = k, v, (0, 0, 0, 0)  # unused by the kernel
     grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
         q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(k), k.stride(1), k.stride(2),
+        batch_stride(v), v.stride(1), v.stride(2),
         *sel_strides,
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        col_idx.stride(0), col_idx.stride(1), col_idx.stride(2),
-        col_end.stride(0), col_end.stride(1),
+        batch_stride(out), out.stride(1), out.stride(2),
+        batch_stride(lse), lse.stride(1),
+        batch_stride(col_idx), col_idx.stride(1), col_idx.stride(2),
+        batch_stride(col_end), col_end.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first,
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,

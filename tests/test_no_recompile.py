@@ -100,3 +100,26 @@ def test_fp32_launches_fit_in_h200_shared_memory(head_dim, kernel):
     for launch in launches:
         shared = compile_for_gpu(launch)
         assert shared <= H200_SHARED_BYTES, f"{kernel} fp32 d{head_dim} needs {shared} B of shared memory"
+
+
+def test_a_batch_of_one_past_2_31_elements_is_not_a_new_key():
+    """From 512K tokens in Llama-3-8B's geometry q holds 2**31 elements, and Triton types an
+    integer argument of 2**31 or more as i64: a batch stride that large would compile every
+    kernel again. A batch of one passes 0 instead (kernels/_specialization.batch_stride). The
+    huge stride is made with `as_strided` (a size-1 dimension's stride is free), so no memory is
+    needed; on the GPU, 512K real tokens did compile 4 new variants before this."""
+    from sampleattn.bench.triton_keys import CacheKeyRecorder
+
+    def huge_batch_stride(t):
+        return t.as_strided(t.shape, (2**31 + 2**20, *t.stride()[1:]))
+
+    with CacheKeyRecorder() as recorder:
+        q, k, v = structured_qkv(1, 300, 300, 4, 2, 64, dtype=torch.float16, seed=0)
+        expected = sample_attention(q, k, v, _config())
+        before = set(recorder.keys)
+        q, k, v = (huge_batch_stride(t) for t in (q, k, v))
+        assert q.stride(0) >= 2**31
+        out = sample_attention(q, k, v, _config())
+        added = set(recorder.keys) - before
+    assert not added, recorder.differing_arguments()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
