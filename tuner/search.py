@@ -353,11 +353,16 @@ def _recover(ctx: _Ctx, study, name: str, length: int) -> int:
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING:
             reason = "interrupted: the tuning driver stopped before the trial finished"
-            # A trial killed right after `ask()` has no sampled params yet; if it was an
-            # enqueued one (the paper's default, the dense baseline, an earlier re-queue), its
-            # params still wait in Optuna's "fixed_params" and must not be lost. A sampled
-            # trial without params did no work: the sampler simply proposes again.
-            params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
+            # The driver sets the "profile" attribute once `ask` has sampled every parameter,
+            # just before the trial goes to a worker. A trial killed before that did no work and
+            # may hold only some of its parameters: re-queueing those would make a different
+            # trial (the rest sampled anew). If it was an enqueued one (the paper's default, the
+            # dense baseline, an earlier re-queue), its whole set still waits in Optuna's
+            # "fixed_params" and must not be lost; a sampled one is simply proposed again.
+            if "profile" in t.user_attrs:
+                params = dict(t.params)
+            else:
+                params = dict(t.system_attrs.get("fixed_params", {}))
             if params and not t.user_attrs.get("combined"):
                 keep = {k: t.user_attrs[k] for k in ("baseline",) if k in t.user_attrs}
                 study.enqueue_trial(params, user_attrs={**keep, "requeued_from": t.number})
