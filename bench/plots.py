@@ -130,18 +130,30 @@ def merge_reports(reports: list[dict]) -> dict:
     return {**reports[0], "rows": [row for report in reports for row in report["rows"]]}
 
 
+def load_report(path: str | Path) -> dict:
+    """A suite's ``suite.json``, or its ``results.jsonl`` (the rows it appends as it goes, which
+    survive when ``suite.json`` did not come back): then only ``rows``, so list a ``suite.json``
+    first when merging, for the env and the sizes."""
+    import json
+
+    text = Path(path).read_text()
+    if str(path).endswith(".jsonl"):
+        return {"rows": [json.loads(line) for line in text.splitlines() if line.strip()]}
+    return json.loads(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m sampleattn.bench.plots SUITE_JSON [SUITE_JSON ...] --out DIR [--prefix P]``: the
-    suite's PNGs, from one run or from the rows of several (parts run in separate calls)."""
+    suite's PNGs, from one run or from the rows of several (parts run in separate calls); a
+    ``results.jsonl`` may stand for a ``suite.json`` (`load_report`)."""
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.plots", description=main.__doc__)
     parser.add_argument("suite_json", nargs="+")
     parser.add_argument("--out", default=".")
     parser.add_argument("--prefix", default="suite-")
     args = parser.parse_args(argv)
-    report = merge_reports([json.loads(Path(p).read_text()) for p in args.suite_json])
+    report = merge_reports([load_report(p) for p in args.suite_json])
     for path in plot_suite(report, Path(args.out), args.prefix):
         print(path)
     return 0

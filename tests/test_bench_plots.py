@@ -45,3 +45,19 @@ def test_plots_merge_the_rows_of_several_runs(tmp_path):
         paths[-1].write_text(json.dumps(report))
     assert plots.main([str(p) for p in paths] + ["--out", str(tmp_path / "png"), "--prefix", "m-"]) == 0
     assert (tmp_path / "png" / "m-speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_results_jsonl_stands_for_a_suite_json(tmp_path):
+    """The rows a suite appends to results.jsonl as it goes can be merged after a suite.json."""
+    first = {"env": {"device": "first"}, "sizes": {"long": 131072, "geometry": "llama3"}, "rows": [
+        _case("1m", "1m real-mid a0.95 w1% s1%", "smollm2-layer14", 1048576, 11.0, 0.01, 0.01)]}
+    rows = [{"part": "dense", "label": "dense baselines 131072", "seqlen": 131072, "cudnn": 9.0},
+            _case("main128k", "128k real-mid a0.95 w8% s5%", "smollm2-layer14", 131072, 3.1)]
+    (tmp_path / "suite.json").write_text(json.dumps(first))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    merged = plots.merge_reports([plots.load_report(tmp_path / "suite.json"),
+                                  plots.load_report(tmp_path / "results.jsonl")])
+    assert merged["env"] == {"device": "first"}
+    assert [r["part"] for r in merged["rows"]] == ["1m", "dense", "main128k"]
+    assert plots.main([str(tmp_path / "suite.json"), str(tmp_path / "results.jsonl"),
+                       "--out", str(tmp_path / "png")]) == 0
