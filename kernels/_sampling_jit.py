@@ -26,22 +26,27 @@ from ._specialization import LENGTH_ARGS
 
 @triton.jit
 def _sampled_rows_tile(
-    Q, ROWS, WINDOW, pid_r, b, h64, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    Q, ROWS, WINDOW, pid_r, b, h_first, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, GROUP: tl.constexpr,
 ):
-    """One block of sampled rows of query head ``h64``: their slots, row indices (-1 for
-    padding) and mask, absolute positions, the head's window, the head-dim offsets and mask,
-    and the (BLOCK_S, BLOCK_D) query tile (zeros for padding)."""
-    slots = pid_r * BLOCK_S + tl.arange(0, BLOCK_S)
+    """Row block ``pid_r`` of the sampled rows for GROUP query heads from ``h_first`` on, as one
+    (GROUP * BLOCK_S, BLOCK_D) query tile: tile row ``i`` is head ``h_first + i // BLOCK_S`` and
+    slot ``i % BLOCK_S``. Returns, per tile row: its query head (int64), slot, row index (-1 for
+    padding) and mask, absolute position and the head's window; then the head-dim offsets and
+    mask, and the query tile (zeros for padding)."""
+    offs_i = tl.arange(0, GROUP * BLOCK_S)
+    h = h_first + offs_i // BLOCK_S
+    h64 = h.to(tl.int64)
+    slots = pid_r * BLOCK_S + offs_i % BLOCK_S
     rows = tl.load(ROWS + slots)
     r_mask = rows >= 0
     pos = seqlen_k - seqlen_q + rows
-    w = tl.load(WINDOW + h64)
+    w = tl.load(WINDOW + h)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h64 * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+    q = tl.load(Q + b * stride_qb + h64[:, None] * stride_qh + rows[:, None].to(tl.int64) * stride_qm
                 + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
-    return slots, rows, r_mask, pos, w, offs_d, d_mask, q
+    return h64, slots, rows, r_mask, pos, w, offs_d, d_mask, q
 
 
 @triton.jit
@@ -96,19 +101,11 @@ def sampled_row_stats_kernel(
     pid_r = n_row_blocks - 1 - tl.program_id(1)
     groups = nheads_q // GROUP
     b = (pid_g // groups).to(tl.int64)
-    offs_i = tl.arange(0, GROUP * BLOCK_S)
-    h = (pid_g % groups) * GROUP + offs_i // BLOCK_S  # query head of each tile row
-    h64 = h.to(tl.int64)
-    kv_h = ((pid_g % groups) * GROUP // q_per_kv).to(tl.int64)
-    slots = pid_r * BLOCK_S + offs_i % BLOCK_S
-    rows = tl.load(ROWS + slots)
-    r_mask = rows >= 0
-    pos = seqlen_k - seqlen_q + rows
-    w = tl.load(WINDOW + h)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h64[:, None] * stride_qh + rows[:, None].to(tl.int64) * stride_qm
-                + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+    h_first = (pid_g % groups) * GROUP
+    kv_h = (h_first // q_per_kv).to(tl.int64)
+    h64, slots, rows, r_mask, pos, w, offs_d, d_mask, q = _sampled_rows_tile(
+        Q, ROWS, WINDOW, pid_r, b, h_first, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+        HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S, GROUP=GROUP)
     k_base = K + b * stride_kb + kv_h * stride_kh
 
     m_i = tl.full([GROUP * BLOCK_S], float("-inf"), dtype=tl.float32)
@@ -255,9 +252,9 @@ def stripe_mass_kernel(
     kv_h = (h // q_per_kv).to(tl.int64)
     sel_h = (h // q_per_sel).to(tl.int64)
 
-    slots, rows, r_mask, pos, w, offs_d, d_mask, q = _sampled_rows_tile(
-        Q, ROWS, WINDOW, pid_r, b, h64, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
-        HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S)
+    _, slots, rows, r_mask, pos, w, offs_d, d_mask, q = _sampled_rows_tile(
+        Q, ROWS, WINDOW, pid_r, b, h, stride_qb, stride_qm, stride_qh, seqlen_q, seqlen_k,
+        HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S, GROUP=1)
     lse2 = tl.load(LSE2 + b * stride_lb + h64 * stride_lh + slots)
     seg = tl.load(BLOCK_SEG + pid_r)
     n_cols = tl.load(COL_COUNT + b * stride_nb + sel_h * stride_nh + seg)
@@ -272,6 +269,6 @@ def stripe_mass_kernel(
         k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        keep = r_mask[:, None] & c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
+        keep = r_mask[:, None] & c_mask[None, :] & (cols[None, :] <= (pos - w)[:, None])
         mass += tl.sum(tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0), 1)
     tl.store(STRIPE + b * stride_lb + h64 * stride_lh + slots, mass)
