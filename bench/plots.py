@@ -133,13 +133,22 @@ def merge_reports(reports: list[dict]) -> dict:
 def load_report(path: str | Path) -> dict:
     """A suite's ``suite.json``, or its ``results.jsonl`` (the rows it appends as it goes, which
     survive when ``suite.json`` did not come back): then only ``rows``, so list a ``suite.json``
-    first when merging, for the env and the sizes."""
+    of another run first when merging, for the env and the sizes (not the same run's: its rows
+    would count twice). A last line cut short (a run killed while writing it) is left out."""
     import json
 
     text = Path(path).read_text()
-    if str(path).endswith(".jsonl"):
-        return {"rows": [json.loads(line) for line in text.splitlines() if line.strip()]}
-    return json.loads(text)
+    if not str(path).endswith(".jsonl"):
+        return json.loads(text)
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON (only the last line may be cut short)") from None
+    return {"rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

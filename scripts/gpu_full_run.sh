@@ -24,7 +24,7 @@ added)
 kernels)
     run python3 -m sampleattn.bench --geometries llama3 --lengths 32k,128k --alphas 0.95 --full-density --no-flex --out "$OUT/bench" > "$OUT/bench.log" 2>&1
     show sattn-bench $? 12 "$OUT/bench.log"
-    run python3 -m sampleattn.bench.recompile_check --out "$OUT/recompile" > "$OUT/recompile.log" 2>&1
+    run python3 -m sampleattn.bench.recompile_check --out "$OUT/recompile" --long > "$OUT/recompile.log" 2>&1
     show recompile_check $? 20 "$OUT/recompile.log"
     run python3 -m sampleattn.bench.compile_check --out "$OUT/compile" > "$OUT/compile.log" 2>&1
     show compile_check $? 8 "$OUT/compile.log"

@@ -54,7 +54,8 @@ def test_a_results_jsonl_stands_for_a_suite_json(tmp_path):
     rows = [{"part": "dense", "label": "dense baselines 131072", "seqlen": 131072, "cudnn": 9.0},
             _case("main128k", "128k real-mid a0.95 w8% s5%", "smollm2-layer14", 131072, 3.1)]
     (tmp_path / "suite.json").write_text(json.dumps(first))
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the last line cut short, as by a run killed while writing it
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"part": "mai')
     merged = plots.merge_reports([plots.load_report(tmp_path / "suite.json"),
                                   plots.load_report(tmp_path / "results.jsonl")])
     assert merged["env"] == {"device": "first"}

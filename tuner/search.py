@@ -343,13 +343,14 @@ def _record(ctx: _Ctx, frozen, name: str, length: int) -> None:
     )
 
 
-def _recover(ctx: _Ctx, study, name: str, length: int) -> int:
-    """Resume: fail and re-queue trials left RUNNING; copy unrecorded finished trials to the store."""
+def _recover(ctx: _Ctx, study, name: str, length: int) -> tuple[int, int]:
+    """Resume: fail the trials left RUNNING and re-queue those that had gone to a worker; copy
+    unrecorded finished trials to the store. Returns (trials failed as interrupted, re-queued)."""
     from optuna.trial import TrialState
 
     storage = study._storage  # noqa: SLF001 - the public BaseStorage API of this study
     recorded = {t.number: t.state for t in ctx.store.trials(ctx.run, study=name)}
-    requeued = 0
+    interrupted = requeued = 0
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING:
             reason = "interrupted: the tuning driver stopped before the trial finished"
@@ -367,14 +368,15 @@ def _recover(ctx: _Ctx, study, name: str, length: int) -> int:
                 keep = {k: t.user_attrs[k] for k in ("baseline",) if k in t.user_attrs}
                 study.enqueue_trial(params, user_attrs={**keep, "requeued_from": t.number})
                 reason += "; its parameters were re-queued"
+                requeued += 1
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001
             storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
             _record(ctx, storage.get_trial(t._trial_id), name, length)  # noqa: SLF001
-            requeued += 1
+            interrupted += 1
         elif t.state.is_finished() and recorded.get(t.number) != _store_state(t.state):
             _record(ctx, t, name, length)
-    return requeued
+    return interrupted, requeued
 
 
 def _counts(study, *, combined: bool = False) -> dict[str, int]:
@@ -508,9 +510,10 @@ def _tune_length(ctx: _Ctx, length: int, index: int) -> LengthResult:
     res = LengthResult(length=length, study=name)
     seed = (options.seed * 1_000_003 + length) % 2**31
     study = _open_study(ctx, name, seed, options.trials)
-    requeued = _recover(ctx, study, name, length)
-    if requeued:
-        _say(ctx.out, f"{format_length(length)}: resumed study {name!r}; {requeued} interrupted trial(s) re-queued")
+    interrupted, requeued = _recover(ctx, study, name, length)
+    if interrupted:
+        _say(ctx.out, f"{format_length(length)}: resumed study {name!r}; {interrupted} interrupted trial(s), "
+                      f"{requeued} re-queued (a trial cut before it reached a worker did no work)")
     if not study.trials:
         study.enqueue_trial(dict(PAPER_DEFAULT))
         study.enqueue_trial({**PAPER_DEFAULT, "dense_below": dense_choices(length)[1]},

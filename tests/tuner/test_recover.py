@@ -39,7 +39,7 @@ def test_a_trial_killed_while_sampling_is_not_requeued_with_part_of_its_paramete
         study.enqueue_trial({"alpha": 0.95, "window_ratio": 0.08})
         study.ask()  # an enqueued trial killed before sampling: its whole set waits in fixed_params
 
-        assert _recover(SimpleNamespace(store=store, run=run), study, "search", 2048) == 3
+        assert _recover(SimpleNamespace(store=store, run=run), study, "search", 2048) == (3, 2)
         trials = study.get_trials(deepcopy=False)
         assert [t.state for t in trials[:3]] == [TrialState.FAIL] * 3
         requeued = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
