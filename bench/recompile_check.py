@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from sampleattn import SampleAttentionConfig, collect_env, sample_attention
-    from sampleattn.bench.harness import GEOMETRIES, compiled_kernel_count, make_inputs
+    from sampleattn.bench.harness import GEOMETRIES, compiled_between, compiled_kernel_count, make_inputs
 
     config = SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0)
     rows = []
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             del q, k, v
             torch.cuda.empty_cache()
     counts_known = all(r["compiled_after"] is not None for r in rows)
-    added_second = sum(r["compiled_after"] - r["compiled_before"] for r in rows if r["pass"] == 2) if counts_known else None
+    added_second = (sum(compiled_between(r["compiled_before"], r["compiled_after"]) for r in rows if r["pass"] == 2)
+                    if counts_known else None)
     ok = counts_known and added_second == 0
     result = {"env": collect_env(), "command": sys.argv, "rows": rows, "added_in_second_pass": added_second, "ok": ok}
     out = Path(args.out)

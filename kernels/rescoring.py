@@ -12,8 +12,8 @@ import math
 import torch
 import triton
 
-from ._specialization import batch_stride
 from ._rescoring_jit import candidate_mass_kernel
+from ._specialization import batch_stride
 from .sampling import _block_d, dot_precision
 from .sparse_attention import MAX_GRID_Y, sparse_attention_fwd
 

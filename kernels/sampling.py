@@ -12,8 +12,8 @@ import math
 import torch
 import triton
 
-from ._specialization import batch_stride
 from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, stripe_mass_kernel
+from ._specialization import batch_stride
 
 __all__ = ["SCORES_BLOCK_N", "column_scores", "sampled_row_stats", "score_tile_ranges", "stripe_mass"]
 

@@ -12,8 +12,8 @@ import math
 import torch
 import triton
 
-from ._specialization import batch_stride
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
+from ._specialization import batch_stride
 from .sampling import dot_precision
 
 __all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]

@@ -51,7 +51,7 @@ class SampleAttentionConfig(BaseModel):
             selects one set per group, so the kernel loads each gathered K/V row for the group.
         dense_below: run dense attention (PyTorch SDPA) when seqlen_k is below this. The default,
             32768, is the measured break-even against cuDNN on the H200 (Llama-3-8B geometry,
-            real SmolLM2 heads: 0.74x at 16K, 1.65x at 32K on 2026-12-01; docs/benchmarks.md). Models with
+            real SmolLM2 heads: 0.84x at 16K, 1.77x at 32K on 2026-12-02; docs/benchmarks.md). Models with
             few heads or small head dims break even later (SmolLM2's own geometry: tune it).
         block_m, block_n: query and key tile sizes of the sparse attention kernel.
         sample_block: rows per sampled block in stage 1 (sampled rows come in contiguous
