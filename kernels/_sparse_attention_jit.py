@@ -7,11 +7,15 @@ exponentiated with ``exp2``.
 For a query block of rows with absolute positions ``p`` (bottom-right alignment,
 ``p_i = seqlen_k - seqlen_q + i``) and window ``w``, row ``i`` attends to
 
-* (a) gathered columns ``j`` of the selection with ``j <= p_i - w`` (left of its window), and
+* (a) gathered columns ``j`` of the selection with ``j <= p_i - w`` (left of its window),
+* (a') with ``HAS_BLOCKS``, the keys ``j <= p_i - w`` of the key blocks chosen for the query
+  block, less the selected columns (those are (a)'s), and
 * (b) the contiguous band ``p_i - w < j <= p_i``.
 
-A selected column that falls inside row i's window is excluded from (a) by the mask and counted
-once, in (b). The band loop is split into masked edge tiles and unmasked interior tiles.
+A selected column or block key that falls inside row i's window is excluded from (a) and (a')
+by the mask and counted once, in (b). The band loop is split into masked edge tiles and
+unmasked interior tiles; so is the block loop (blocks left of every row's window need no row
+mask).
 """
 
 from __future__ import annotations
@@ -75,9 +79,48 @@ def _band_tiles(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_lb", "stride_lh", "stride_eb", "stride_eh"])
+@triton.jit
+def _block_tiles(
+    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base, pos, w, seqlen_k, first, last,
+    offs_d, d_mask, qk_scale,
+    KEY_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SKIP_COLUMNS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr,
+):
+    """Attend to the chosen key blocks ``[first, last)`` of the query block's list, each as
+    ``KEY_BLOCK // BLOCK_N`` key tiles. Without ``MASKED`` every key is left of every row's
+    window (no row mask); ``SKIP_COLUMNS`` drops the keys that are selected columns
+    (``member_base[j] != 0``), which (a) already counted."""
+    for i in range(first, last):
+        c = tl.load(blk_base + i).to(tl.int64)
+        for sub in tl.static_range(KEY_BLOCK // BLOCK_N):
+            offs_n = c * KEY_BLOCK + sub * BLOCK_N + tl.arange(0, BLOCK_N)
+            if MASKED:
+                n_mask = offs_n < seqlen_k
+                kv_mask = n_mask[:, None] & d_mask[None, :]
+            else:
+                kv_mask = d_mask[None, :]
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+            if LSE_ONLY:
+                v = k  # unused
+            else:
+                v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            if MASKED:
+                keep = n_mask[None, :] & (offs_n[None, :] <= pos[:, None] - w)
+                if SKIP_COLUMNS:
+                    keep = keep & (tl.load(member_base + offs_n, mask=n_mask, other=1) == 0)[None, :]
+                s = tl.where(keep, s, float("-inf"))
+            elif SKIP_COLUMNS:
+                taken = tl.load(member_base + offs_n) != 0
+                s = tl.where(taken[None, :], float("-inf"), s)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_lb", "stride_lh", "stride_eb", "stride_eh", "stride_xb",
+                                               "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
 def sparse_attention_fwd_kernel(
-    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL,
+    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL, BLK_IDX, BLK_END, BLK_ALL, MEMBER,
     stride_qb, stride_qm, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -86,11 +129,13 @@ def sparse_attention_fwd_kernel(
     stride_lb, stride_lh,
     stride_cb, stride_ch, stride_cs,
     stride_eb, stride_eh,
+    stride_xb, stride_xh, stride_xq,
+    stride_ub, stride_uh,
     nheads_q, seqlen_q, seqlen_k, qk_scale,
-    q_per_kv, q_per_sel, segment_rows, m_stride, m_first,
+    q_per_kv, q_per_sel, segment_rows, m_stride, m_first, block_rows,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr, LSE_ONLY: tl.constexpr,
-    COMPACT: tl.constexpr,
+    COMPACT: tl.constexpr, HAS_BLOCKS: tl.constexpr, KEY_BLOCK: tl.constexpr, SKIP_COLUMNS: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head).
 
@@ -104,6 +149,11 @@ def sparse_attention_fwd_kernel(
     With ``COMPACT``, K_SEL and V_SEL (B, Hsel, n_seg, kmax, D) hold the selected columns' keys
     and values side by side (entry c is row COL_IDX[..., c] of K and V): the column loops then
     read contiguous tiles, as the band does, instead of gathering rows through the indices.
+    With ``HAS_BLOCKS``: BLK_IDX (B, Hsel, n_qblocks, kbmax) int32 the chosen key blocks of each
+    query block of ``block_rows`` rows, ascending; BLK_END and BLK_ALL (B, Hq, n_mblocks) int32
+    (the strides of COL_END) how many leading entries hold a key left of the window of the
+    block's last row, and lie wholly left of its first row's window; MEMBER (B, Hsel, Sk) uint8,
+    nonzero for selected columns (read with ``SKIP_COLUMNS``).
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     pid_m = tl.program_id(0) * m_stride + m_first
@@ -180,6 +230,22 @@ def sparse_attention_fwd_kernel(
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))
         acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+
+    if HAS_BLOCKS:
+        # (a') the chosen key blocks: those wholly left of the first row's window first (no row
+        # mask), then those that reach into some row's window.
+        blk_base = BLK_IDX + b * stride_xb + sel_h * stride_xh + (row0 // block_rows).to(tl.int64) * stride_xq
+        member_base = MEMBER + b * stride_ub + sel_h * stride_uh
+        n_blk = tl.load(BLK_END + b * stride_eb + h64 * stride_eh + pid_m)
+        n_blk_all = tl.load(BLK_ALL + b * stride_eb + h64 * stride_eh + pid_m)
+        acc, m_i, l_i = _block_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base,
+                                     pos, w, seqlen_k, 0, n_blk_all, offs_d, d_mask, qk_scale,
+                                     KEY_BLOCK=KEY_BLOCK, BLOCK_N=BLOCK_N, MASKED=False, SKIP_COLUMNS=SKIP_COLUMNS,
+                                     DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
+        acc, m_i, l_i = _block_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base,
+                                     pos, w, seqlen_k, n_blk_all, n_blk, offs_d, d_mask, qk_scale,
+                                     KEY_BLOCK=KEY_BLOCK, BLOCK_N=BLOCK_N, MASKED=True, SKIP_COLUMNS=SKIP_COLUMNS,
+                                     DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
 
     # (b) the window band [first_pos - w + 1, last_pos], masked at its edges only.
     first_pos = offset + row0

@@ -16,7 +16,8 @@ from ._sparse_attention_jit import sparse_attention_fwd_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
 
-__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
+__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "column_members", "columns_left_of_window",
+           "compact_columns", "sparse_attention_fwd"]
 
 #: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
 MAX_GRID_Y = 65_535
@@ -94,6 +95,52 @@ def columns_left_of_window(
     return counts[0].contiguous(), counts[1].contiguous()
 
 
+def blocks_left_of_window(
+    blk_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_m: int,
+    block_rows: int, key_block: int, q_per_sel: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (batch, query head, kernel query block of ``block_m`` rows): how many leading
+    chosen key blocks lie wholly left of the window of the block's first row (every row keeps
+    all their keys) and how many hold a key left of the window of its last row.
+
+    Args:
+        blk_idx: (B, Hsel, n_qblocks, kbmax) int32 ascending, padded with n_kblocks; query block
+            t of ``block_rows`` rows (a multiple of block_m).
+        window: (Hq,) int32.
+    Returns:
+        blk_all, blk_end: (B, Hq, n_mblocks) int32 each.
+    """
+    batch, n_sel, n_qb, _ = blk_idx.shape
+    n_mb = triton.cdiv(seqlen_q, block_m)
+    mb_per_qb = block_rows // block_m
+    device = blk_idx.device
+    mb = torch.arange(n_qb * mb_per_qb, device=device)
+    offset = seqlen_k - seqlen_q
+    first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
+    last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
+    w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
+    # block c is wholly left of first_pos - w + 1 iff c < floor((first_pos - w + 1) / key_block);
+    # it holds a key left of last_pos - w + 1 iff c < floor((last_pos - w) / key_block) + 1
+    all_hi = torch.div(first_pos.view(1, 1, -1) - w + 1, key_block, rounding_mode="floor")
+    end_hi = torch.div(last_pos.view(1, 1, -1) - w, key_block, rounding_mode="floor") + 1
+    hi = torch.stack([all_hi, end_hi])  # (2, Hsel, q_per_sel, n_qb * mb_per_qb)
+    hi = hi.view(2, n_sel, q_per_sel, n_qb, mb_per_qb).permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_qb, -1)
+    hi = hi.expand(batch, -1, -1, -1).clamp(min=0).contiguous().to(blk_idx.dtype)
+    counts = torch.searchsorted(blk_idx.contiguous(), hi)
+    counts = counts.view(batch, n_sel, n_qb, 2, q_per_sel, mb_per_qb).permute(3, 0, 1, 4, 2, 5)
+    counts = counts.reshape(2, batch, n_sel * q_per_sel, n_qb * mb_per_qb)[..., :n_mb].to(torch.int32)
+    return counts[0].contiguous(), counts[1].contiguous()
+
+
+def column_members(col_idx: torch.Tensor, seqlen_k: int) -> torch.Tensor:
+    """(B, Hsel, n_seg, kmax) int32 columns padded with Sk -> (B, Hsel, Sk) uint8, 1 where a key is
+    a selected column of the (single) segment."""
+    batch, n_sel = col_idx.shape[:2]
+    member = torch.zeros((batch, n_sel, seqlen_k + 1), dtype=torch.uint8, device=col_idx.device)
+    member.scatter_(2, col_idx[:, :, 0].to(torch.int64), 1)
+    return member[:, :, :seqlen_k]
+
+
 def sparse_attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -112,6 +159,10 @@ def sparse_attention_fwd(
     num_warps: int | None = None,
     num_stages: int | None = None,
     compact: bool | None = None,
+    blk_idx: torch.Tensor | None = None,
+    block_rows: int = 0,
+    key_block: int = 0,
+    has_columns: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run the stage-3 kernel.
 
@@ -129,6 +180,10 @@ def sparse_attention_fwd(
         compact: read the selected columns from a compact copy of their keys and values
             (contiguous tiles) instead of gathering them by index; None decides by
             `use_compact_columns` (needs KV-head granularity; bounded extra memory).
+        blk_idx: (B, Hsel, n_qblocks, kbmax) int32 key blocks chosen per query block of
+            ``block_rows`` rows (blocks of ``key_block`` keys), ascending, padded with n_kblocks;
+            needs a single segment. ``has_columns=False`` says col_idx holds no column (the
+            block loop then skips no key).
     Returns:
         out (B, Sq, Hq, D) in q's dtype (None with ``lse_only``), and lse (B, Hq, Sq) fp32
         natural log-sum-exp (or None).
@@ -155,6 +210,13 @@ def sparse_attention_fwd(
         num_warps = 4 if block_m <= 64 else 8
     if num_stages is None:
         num_stages = 2 if block_d > 128 else 3
+    if blk_idx is not None:
+        block_n = min(block_n, key_block)
+        block_m = min(block_m, block_rows)
+        if key_block % block_n or block_rows % block_m or col_idx.shape[2] != 1:
+            raise ValueError(f"key blocks of {key_block} keys per {block_rows} rows need key tiles dividing "
+                             f"{key_block} (block_n={block_n}), query tiles dividing {block_rows} "
+                             f"(block_m={block_m}) and one column segment")
     if segment_rows % block_m:
         raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
     col_idx = col_idx.contiguous()
@@ -182,9 +244,21 @@ def sparse_attention_fwd(
         sel_strides = (batch_stride(k_sel), k_sel.stride(1), k_sel.stride(2), k_sel.stride(3))
     else:
         k_sel, v_sel, sel_strides = k, v, (0, 0, 0, 0)  # unused by the kernel
+    has_blocks = blk_idx is not None
+    if has_blocks:
+        blk_idx = blk_idx.contiguous()
+        blk_all, blk_end = blocks_left_of_window(blk_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                                                 block_m=block_m, block_rows=block_rows, key_block=key_block,
+                                                 q_per_sel=q_per_sel)
+        member = column_members(col_idx, seqlen_k) if has_columns else col_idx
+        blk_strides = (batch_stride(blk_idx), blk_idx.stride(1), blk_idx.stride(2))
+        member_strides = (batch_stride(member), member.stride(1)) if has_columns else (0, 0)
+    else:  # unused by the kernel
+        blk_idx, blk_all, blk_end, member = col_idx, col_all, col_end, col_idx
+        blk_strides, member_strides = (0, 0, 0), (0, 0)
     grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
     sparse_attention_fwd_kernel[grid](
-        q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel,
+        q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel, blk_idx, blk_end, blk_all, member,
         batch_stride(q), q.stride(1), q.stride(2),
         batch_stride(k), k.stride(1), k.stride(2),
         batch_stride(v), v.stride(1), v.stride(2),
@@ -193,9 +267,13 @@ def sparse_attention_fwd(
         batch_stride(lse), lse.stride(1),
         batch_stride(col_idx), col_idx.stride(1), col_idx.stride(2),
         batch_stride(col_end), col_end.stride(1),
+        *blk_strides,
+        *member_strides,
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
-        nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first,
+        nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first, max(block_rows, 1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, num_warps=num_warps, num_stages=num_stages,
+        RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, HAS_BLOCKS=has_blocks,
+        KEY_BLOCK=key_block if has_blocks else block_n, SKIP_COLUMNS=has_blocks and has_columns,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return (None if lse_only else out), (lse if return_lse else None)

@@ -79,10 +79,14 @@ def sparse_attention(
 
     if block_m is None:
         block_m = next(b for b in (128, 64, 32, 16) if plan.segment_rows % b == 0)
+    blocks = {}
+    if plan.blocks is not None:
+        blocks = {"blk_idx": plan.blocks.blk_idx, "block_rows": plan.blocks.block_rows,
+                  "key_block": plan.blocks.key_block, "has_columns": plan.blocks.has_columns}
     out, lse = sparse_attention_fwd(
         q, k, v, plan.col_idx, plan.window, segment_rows=plan.segment_rows,
         q_per_sel=plan.q_per_sel, scale=plan.scale, block_m=block_m, block_n=block_n,
-        return_lse=return_lse,
+        return_lse=return_lse, **blocks,
     )
     return (out, lse) if return_lse else out
 
@@ -138,8 +142,10 @@ def sample_attention(
 ):
     """SampleAttention: plan (stages 1-2) then sparse attention (stage 3).
 
-    Below ``config.dense_below`` keys it runs dense attention instead, and the plan returned is
-    None (with ``return_lse`` the dense path runs the kernel with a full window, still exact).
+    Dense attention runs instead below ``config.dense_below`` keys, for a config that keeps every
+    key (`SampleAttentionConfig.keeps_everything`), and when the plan's mean density is above
+    ``config.dense_above``; the plan returned is then None, except in the last case (with
+    ``return_lse`` the dense path runs the kernel with a full window, still exact).
 
     Args:
         q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), Sq <= Sk.
@@ -155,14 +161,15 @@ def sample_attention(
     check_qkv(q, k, v, causal=causal)
     scale = default_scale(q, scale)
     chosen = resolve_backend(q, backend)
-    dense = k.shape[1] < config.dense_below
+    # A config that keeps every key is dense attention (unless head overrides make heads sparse).
+    dense = k.shape[1] < config.dense_below or (config.keeps_everything() and not heads)
     sparse_plan: SparsePlan | None = None
     if dense and not return_lse:
         out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
     else:
-        # Dense through the kernel (for the lse): a full window, and no rescoring passes.
-        run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0, "selection": "sampled"}) \
-            if dense else config
+        # Dense through the kernel (for the lse): a full window, and the paper's rule (no passes).
+        run_config = SampleAttentionConfig(alpha=1.0, window_ratio=1.0, block_m=config.block_m,
+                                           block_n=config.block_n, dense_below=0) if dense else config
         with static_kmax_scope() if static_kmax else contextlib.nullcontext():
             if chosen == "torch":
                 from .reference import plan_ref
@@ -172,9 +179,13 @@ def sample_attention(
             else:
                 sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads,
                                    reports=return_plan)
-        result = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
-                                  block_n=config.block_n, backend=chosen)
-        out, lse = result
+        if not dense and config.dense_above < 1.0 and not return_lse \
+                and sparse_plan.mean_density > config.dense_above:
+            # the plan keeps so much that the dense kernel is faster (a host read of the density)
+            out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
+        else:
+            out, lse = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
+                                        block_n=config.block_n, backend=chosen)
         if dense:
             sparse_plan = None
     outputs: tuple = (out,)

@@ -10,9 +10,11 @@ import nothing heavy.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .rules import LEGACY_FIELDS, SelectionRuleField, rule_from
 
 __all__ = [
     "GQAGranularity",
@@ -20,13 +22,11 @@ __all__ = [
     "LayerOverride",
     "ModelAttentionProfile",
     "SampleAttentionConfig",
-    "Selection",
     "SUPPORTED_HEAD_DIMS",
     "ceil_ratio",
 ]
 
 GQAGranularity = Literal["query_head", "kv_head"]
-Selection = Literal["sampled", "rescored"]
 
 #: Head dimensions the Triton kernels are built for.
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 256)
@@ -58,16 +58,16 @@ class SampleAttentionConfig(BaseModel):
             blocks of this many rows, spread at a regular stride; the last rows always included).
         segment_rows: if set, one column set is selected per segment of this many query rows
             (a multiple of block_m) instead of one per head; ``None`` means one set per head.
-        selection: how the columns are chosen. ``"sampled"`` is the paper's rule: the sampled
-            rows score the columns and the shortest prefix reaching alpha is kept.
-            ``"rescored"`` first takes candidates with the paper's rule at ``candidate_alpha``,
-            then lets every query row (or one query block in every ``rescore_stride``) rank
-            those candidates by its probability outside its window, normalised over the window
-            and the candidates, and keeps the shortest prefix reaching alpha. It costs two more
-            passes over the candidates and is closer to the all-rows selection (docs/accuracy.md).
-        candidate_alpha: stage A's alpha for ``"rescored"`` (at least alpha).
-        rescore_stride: with ``"rescored"``, one query block of ``block_m`` rows in every
-            ``rescore_stride`` ranks the candidates (the last block always does); 1 = every row.
+        selection: the selection rule (`sampleattn.rules`): how the keys beyond the window are
+            chosen, with its own parameters. `SampledRule` (``"sampled"``, the default) is the
+            paper's: the sampled rows score the columns and the shortest prefix reaching alpha
+            is kept. `RescoredRule` (``"rescored"``) lets every query row re-rank candidates the
+            paper's rule took at a higher alpha. `BlockRule` (``"block"``) adds key blocks chosen
+            per query block from every row's scores against pooled keys (method.md, section 4b).
+            A rule name stands for that rule with its default parameters; the flat fields of
+            earlier versions (``candidate_alpha``, ``rescore_stride``) are still read.
+        dense_above: after planning, run dense attention instead of stage 3 when the plan's mean
+            density is above this (its sparse attention would not beat the dense kernel).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,9 +81,21 @@ class SampleAttentionConfig(BaseModel):
     block_n: int = Field(128, ge=16, le=256)
     sample_block: int = Field(16, ge=16, le=128)
     segment_rows: int | None = Field(None, ge=16)
-    selection: Selection = "sampled"
-    candidate_alpha: float = Field(0.999, gt=0.0, le=1.0)
-    rescore_stride: int = Field(1, ge=1)
+    selection: SelectionRuleField = Field(default_factory=lambda: rule_from("sampled"))
+    dense_above: float = Field(1.0, gt=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rule_from_flat_fields(cls, data: Any) -> Any:
+        """Read a rule given by name, and the rule parameters earlier versions kept flat."""
+        if not isinstance(data, dict):
+            return data
+        flat = {name: data[name] for name in LEGACY_FIELDS if name in data}
+        if not flat and not isinstance(data.get("selection", None), str):
+            return data
+        data = {key: value for key, value in data.items() if key not in flat}
+        data["selection"] = rule_from(data.get("selection", "sampled"), **flat)
+        return data
 
     @field_validator("block_m", "block_n", "sample_block")
     @classmethod
@@ -99,23 +111,19 @@ class SampleAttentionConfig(BaseModel):
                 f"segment_rows={self.segment_rows} must be a multiple of block_m={self.block_m}, "
                 "so that every query block lies in one segment"
             )
-        if self.selection == "rescored":
-            if self.candidate_alpha < self.alpha:
-                raise ValueError(
-                    f"candidate_alpha={self.candidate_alpha} is below alpha={self.alpha}: the "
-                    "candidates must hold at least the mass the final set keeps; raise candidate_alpha"
-                )
-            if self.segment_rows is not None:
-                raise ValueError(
-                    "selection='rescored' selects one column set per head; leave segment_rows=None"
-                )
+        self.selection.check(self)
         return self
 
-    def candidate_alpha_for(self, alpha: float) -> float:
-        """Stage A's alpha for another alpha (a layer's or a head's) with this config's share of
-        the remaining mass: ``alpha + share * (1 - alpha)``, at least ``candidate_alpha``."""
-        share = 1.0 if self.alpha >= 1.0 else max(0.0, (self.candidate_alpha - self.alpha) / (1.0 - self.alpha))
-        return min(1.0, max(self.candidate_alpha, alpha + share * (1.0 - alpha)))
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "SampleAttentionConfig":
+        """A copy with ``update`` applied and validated (pydantic's own copy would not validate:
+        a rule name or an out-of-range value would slip through)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self).model_validate({**dict(self), **update})
+
+    def keeps_everything(self) -> bool:
+        """Whether this config keeps every visible key whatever the input (dense attention)."""
+        return self.selection.keeps_everything(self)
 
     def window_size(self, seqlen_k: int) -> int:
         """Window width in keys for a key length: ``ceil(window_ratio * seqlen_k)``."""
@@ -186,9 +194,8 @@ class ModelAttentionProfile(BaseModel):
     def layer_config(self, layer: int) -> SampleAttentionConfig:
         """The config of one layer, with its override (not its head overrides) applied.
 
-        Under ``selection="rescored"`` a layer's alpha keeps the profile's candidate share (the
-        part of the mass above alpha that stage A adds): ``candidate_alpha`` rises with alpha,
-        never below the profile's (`SampleAttentionConfig.candidate_alpha_for`).
+        A rule whose parameters are tied to alpha follows a layer's alpha
+        (`sampleattn.rules.SelectionRule.for_alpha`: the rescored rule's candidate share).
         """
         override = self.layers.get(layer)
         if override is None:
@@ -196,9 +203,9 @@ class ModelAttentionProfile(BaseModel):
         changes = override.model_dump(exclude={"heads"}, exclude_none=True)
         if not changes:
             return self.config
-        if self.config.selection == "rescored" and "alpha" in changes:
-            changes["candidate_alpha"] = self.config.candidate_alpha_for(changes["alpha"])
-        return SampleAttentionConfig.model_validate({**self.config.model_dump(), **changes})
+        if "alpha" in changes:
+            changes["selection"] = self.config.selection.for_alpha(self.config.alpha, changes["alpha"])
+        return self.config.model_validate({**dict(self.config), **changes})
 
     def head_overrides(self, layer: int) -> dict[int, HeadOverride]:
         """Per-head overrides of one layer (query-head index -> override)."""

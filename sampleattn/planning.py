@@ -1,8 +1,11 @@
-"""Stages 1 and 2: find, per head, the key columns that hold the attention mass.
+"""Stages 1 and 2: find, per head, the keys that hold the attention mass.
 
 `plan` returns an immutable `SparsePlan` that the stage-3 kernel only consumes (plan, then
-run). The plan is O(seqlen) per head: a window width per query head and, per selection head
-and segment of query rows, a sorted list of column indices.
+run). The plan holds a window width per query head; per selection head and segment of query
+rows, a sorted list of column indices; and, for rules that choose them, per selection head and
+query block a sorted list of key blocks (`KeyBlocks`). Which keys are chosen is the config's
+selection rule's business (`sampleattn.rules`): this module holds what every rule shares (the
+setup, the sampled rows' statistics, the plan object and its reports).
 """
 
 from __future__ import annotations
@@ -14,15 +17,42 @@ from typing import Callable, Mapping
 import torch
 
 from .config import HeadOverride, SampleAttentionConfig, ceil_ratio
-from .rescoring import ranked_pairs, ranking_block, ranking_rows, select_rescored
 from .sampling import SampledRows, choose_sampled_rows
-from .selection import density_per_head, select_columns
+from .selection import density_per_head
 from .validation import check_qk, default_scale, kernel_backend_available
 
 __all__ = [
-    "PlanSetup", "SparsePlan", "counted_pairs", "head_parameters", "plan", "prepare_plan", "select_and_report",
-    "window_mass_from_scores",
+    "KeyBlocks", "PlanSetup", "RowStatistics", "SparsePlan", "counted_pairs", "head_parameters", "make_plan",
+    "plan", "prepare_plan", "row_statistics", "selection_inputs", "window_mass_from_scores",
 ]
+
+
+@dataclass(frozen=True, eq=False)
+class KeyBlocks:
+    """Key blocks chosen per query block (method.md, section 4b).
+
+    blk_idx: (B, Hsel, n_qblocks, kbmax) int32 key-block indices (block c holds keys
+        [c * key_block, (c + 1) * key_block)), ascending, padded with ``n_kblocks``; query block b
+        holds rows [b * block_rows, (b + 1) * block_rows).
+    blk_count: (B, Hsel, n_qblocks) int32 valid entries of each blk_idx row.
+    A row keeps the keys of its query block's chosen blocks that are causal for it; those inside
+    its window are counted once, with the window.
+    """
+
+    blk_idx: torch.Tensor
+    blk_count: torch.Tensor
+    block_rows: int
+    key_block: int
+    #: whether the plan also holds stripe columns (stage 3 then skips them inside the blocks)
+    has_columns: bool = True
+
+    def member(self, seqlen_k: int) -> torch.Tensor:
+        """(B, Hsel, n_qblocks, Sk) bool: whether key j lies in a chosen block of the query block."""
+        n_kb = -(-seqlen_k // self.key_block)
+        shape = (*self.blk_idx.shape[:3], n_kb + 1)
+        chosen = torch.zeros(shape, dtype=torch.bool, device=self.blk_idx.device)
+        chosen.scatter_(3, self.blk_idx.to(torch.int64), True)
+        return chosen[..., :n_kb].repeat_interleave(self.key_block, dim=3)[..., :seqlen_k]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,9 +74,14 @@ class SparsePlan:
             outside each row's window), or None.
         sampled_rows: (n_rows,) int64 the sampled query rows.
         candidate_density: (B, Hq) fp32 density of the window plus the candidates, for
-            ``selection="rescored"`` with reports (None otherwise); ranking_fraction: the share of query rows
+            the rescored rule with reports (None otherwise); ranking_fraction: the share of query rows
             that ranked them. Their product, about, is the rescoring passes' cost in units of
             dense attention (both passes compute q.k only).
+        blocks: the key blocks chosen per query block (`KeyBlocks`), for rules that choose them.
+        block_scores: (B, Hsel, n_qblocks, n_kblocks) fp32 estimated mass of each key block per
+            query block, kept with ``keep_scores`` (None otherwise).
+        estimate_cost: cost of the plan's estimation passes in units of one dense causal attention
+            (the rule's cost model, `sampleattn.rules.SelectionRule.estimation_cost`).
     """
 
     batch: int
@@ -67,6 +102,9 @@ class SparsePlan:
     scores: torch.Tensor | None = field(default=None, repr=False)
     candidate_density: torch.Tensor | None = field(default=None, repr=False)
     ranking_fraction: float = 0.0
+    blocks: KeyBlocks | None = field(default=None, repr=False)
+    block_scores: torch.Tensor | None = field(default=None, repr=False)
+    estimate_cost: float = 0.0
 
     @property
     def q_per_sel(self) -> int:
@@ -111,7 +149,12 @@ class SparsePlan:
         member = member.repeat_interleave(self.q_per_sel, dim=1)  # (B, Hq, n_seg, Sk)
         segment = (torch.arange(self.seqlen_q, device=device) // self.segment_rows)
         stripes = member[:, :, segment, :] & (j <= pos)
-        return in_window | stripes
+        mask = in_window | stripes
+        if self.blocks is not None:
+            chosen = self.blocks.member(self.seqlen_k).repeat_interleave(self.q_per_sel, dim=1)
+            qblock = torch.arange(self.seqlen_q, device=device) // self.blocks.block_rows
+            mask = mask | (chosen[:, :, qblock, :] & (j <= pos))
+        return mask
 
     def __repr__(self) -> str:
         n_sel = self.n_selected.to(torch.float32)
@@ -120,11 +163,15 @@ class SparsePlan:
         else:
             retained = (f"retained_mean={float(self.retained_mean.mean()):.4f}, "
                         f"retained_min={float(self.retained_min.min()):.4f}")
+        blocks = ""
+        if self.blocks is not None:
+            blocks = (f"key_blocks={_span(self.blocks.blk_count.to(torch.float32))} of "
+                      f"{self.blocks.key_block} per {self.blocks.block_rows} rows, ")
         return (
             f"SparsePlan(batch={self.batch}, seqlen_q={self.seqlen_q}, seqlen_k={self.seqlen_k}, "
             f"heads={self.nheads_q}/{self.nheads_kv}, granularity={self.gqa_granularity}, "
             f"segments={self.n_segments}, window={_span(self.window)}, "
-            f"selected_columns={_span(n_sel)}, density={self.mean_density:.4f}, {retained})"
+            f"selected_columns={_span(n_sel)}, {blocks}density={self.mean_density:.4f}, {retained})"
         )
 
 
@@ -252,10 +299,9 @@ class PlanSetup:
 
     alpha (Hq,) fp32 and window (Hq,) int32 live on the CPU; window_dev is window on q's device;
     alpha_sel_dev (Hsel,) and reach_dev (Hsel, n_seg) are the selection's inputs on q's device,
-    made once (a small host-to-device copy from pageable memory synchronises the stream).
-    With ``selection="rescored"``: candidate_alpha_sel_dev (Hsel,) stage A's alpha,
-    rank_block and rank_rows (n,) int64 (CPU) the ranking query blocks and their rows, and
-    ranked_pairs_dev (Hsel,) the counted (row, head) pairs; None otherwise.
+    made once (a small host-to-device copy from pageable memory synchronises the stream);
+    n_counted_dev (1, Hsel, n_seg) the counted (sampled row, head) pairs. ``extras`` holds the
+    rule's own shape-only tensors (`sampleattn.rules.SelectionRule.shape_setup`).
     """
 
     batch: int
@@ -273,12 +319,14 @@ class PlanSetup:
     min_window: int
     alpha_sel_dev: torch.Tensor
     reach_dev: torch.Tensor
-    candidate_alpha_sel_dev: torch.Tensor | None = None
-    rank_block: int = 0
-    rank_rows: torch.Tensor | None = None
-    ranked_pairs_dev: torch.Tensor | None = None
-    n_counted_dev: torch.Tensor | None = None
+    n_counted_dev: torch.Tensor
+    extras: Mapping[str, object] = field(default_factory=dict)
     shape_key: tuple = ()
+
+    @property
+    def shape(self) -> dict:
+        """The keyword arguments of the pair counts (`density_per_head`, `summarize_rows`)."""
+        return {"seqlen_q": self.seqlen_q, "seqlen_k": self.seqlen_k, "q_per_sel": self.q_per_sel}
 
 
 def prepare_plan(
@@ -330,78 +378,91 @@ def _shape_setup(
     window_dev = window.to(device)
     _, _, n_counted = counted_pairs(rows, window_dev, batch=1, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
                                     q_per_sel=q_per_sel)
-    shared = {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window_dev,
-              "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
-              "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device),
-              "n_counted_dev": n_counted}
-    if config.selection == "rescored":
-        # A head override of alpha keeps the config's candidate share (never below candidate_alpha).
-        candidate = torch.tensor([config.candidate_alpha_for(float(a)) for a in selection_alpha(alpha, q_per_sel)],
-                                 dtype=torch.float32)
-        block = ranking_block(config.block_m, head_dim)
-        rank_rows = ranking_rows(seqlen_q, block, config.rescore_stride)
-        pairs = ranked_pairs(window, rank_rows, seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_per_sel=q_per_sel)
-        shared.update(candidate_alpha_sel_dev=candidate.to(device), rank_block=block, rank_rows=rank_rows,
-                      ranked_pairs_dev=pairs.to(device))
-    return shared
+    extras = config.selection.shape_setup(config, alpha=alpha, window=window, q_per_sel=q_per_sel,
+                                          head_dim=head_dim, seqlen_q=seqlen_q, seqlen_k=seqlen_k, device=device)
+    return {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window_dev,
+            "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
+            "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device),
+            "n_counted_dev": n_counted, "extras": extras}
 
 
-def select_and_report(
-    setup: PlanSetup, config: SampleAttentionConfig, *, wmass: torch.Tensor, scores: torch.Tensor,
-    stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], keep_scores: bool,
-    rescore_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    reports: bool = True,
-) -> SparsePlan:
-    """Stage 2 and the plan's reports, from stage 1's outputs.
+@dataclass(frozen=True)
+class RowStatistics:
+    """Stage 1's outputs on the sampled rows (from the kernels or from the reference).
 
-    Args:
-        wmass: (B, Hq, n_slots) window mass of each sampled row, or None: the selection then
-            takes the window mass from the scores (`window_mass_from_scores`); the reports
-            need it per row.
-        scores: (B, Hsel, n_seg, Sk) column scores.
-        stripe_mass_of: ``(col_idx, col_count) -> (B, Hq, n_slots)``, each sampled row's mass on
-            the selected columns left of its window (computed by the caller's own means).
-        rescore_of: for ``selection="rescored"``, ``(cand_idx, cand_count) -> (B, Hsel, kmax)``,
-            the candidates' summed probability over the ranking rows (kernels or reference).
-        reports: measure the retained mass of the sampled rows (calls ``stripe_mass_of``).
+    scores: (B, Hsel, n_seg, Sk) fp32 column scores (mass outside each row's window).
+    wmass: (B, Hq, n_slots) fp32 window mass of each sampled row, or None when not measured
+        (the selection then takes the window mass from the scores).
+    stripe_mass_of: ``(col_idx, col_count) -> (B, Hq, n_slots)``, each sampled row's mass on the
+        selected columns left of its window (for the reports).
+    lse2: (B, Hq, n_slots) fp32 log-sum-exp of each sampled row's ``scale * log2(e) * q.k`` over
+        its visible keys (+inf for padding slots), or None: rules that measure the retained mass
+        of other parts of the mask read it.
     """
-    shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
-    if reports and wmass is None:
-        raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
-    if wmass is None:
+
+    scores: torch.Tensor
+    wmass: torch.Tensor | None
+    stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    lse2: torch.Tensor | None = None
+
+
+def row_statistics(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor, *, reports: bool) -> RowStatistics:
+    """Stage 1 with the Triton kernels: exact statistics of the sampled rows, then column
+    scores. The window mass per row is only measured for the reports; the selection gets it
+    from the scores."""
+    kernel_backend_available(q)
+    from sampleattn.kernels import column_scores, sampled_row_stats, stripe_mass
+
+    rows, window = setup.rows, setup.window_dev
+    common = {"scale": setup.scale, "block_s": rows.block}
+    lse2, wmass = sampled_row_stats(q, k, rows.rows, window, window_mass=reports, **common)
+    scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
+                           tile_ranges=_score_tiles(setup), **common)
+    return RowStatistics(
+        scores=scores, wmass=wmass, lse2=lse2,
+        stripe_mass_of=lambda col_idx, col_count: stripe_mass(
+            q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
+            q_per_sel=setup.q_per_sel, **common),
+    )
+
+
+
+def selection_inputs(setup: PlanSetup, stats: RowStatistics) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window_sum, n_counted), both (B, Hsel, n_seg) fp32: the column selection's inputs."""
+    if stats.wmass is None:
         n_counted = setup.n_counted_dev.expand(setup.batch, -1, -1)
-        window_sum = window_mass_from_scores(scores, n_counted)
-    else:
-        window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
-                                                     setup.window_dev, **shape)
-    candidate_density, ranking_fraction = None, 0.0
-    if config.selection == "rescored":
-        if rescore_of is None:
-            raise ValueError("selection='rescored' needs the caller's rescoring pass (rescore_of)")
-        cand_idx, cand_count = select_columns(scores, window_sum, n_counted, setup.candidate_alpha_sel_dev,
-                                              reach=setup.reach_dev)
-        col_idx, col_count = select_rescored(
-            cand_idx, rescore_of(cand_idx, cand_count), setup.ranked_pairs_dev, setup.alpha_sel_dev,
-            reach=setup.reach_dev, seqlen_k=setup.seqlen_k)
-        ranking_fraction = setup.rank_rows.numel() / setup.seqlen_q
-        if reports:  # a report (the tuner's cost estimate), not needed to attend
-            candidate_density = density_per_head(cand_idx, cand_count, setup.window_dev,
-                                                 segment_rows=setup.segment_rows, **shape)
-    else:
-        col_idx, col_count = select_columns(scores, window_sum, n_counted, setup.alpha_sel_dev,
-                                            reach=setup.reach_dev)
+        return window_mass_from_scores(stats.scores, n_counted), n_counted
+    window_sum, n_counted, _, _ = summarize_rows(stats.wmass, torch.zeros_like(stats.wmass), setup.rows,
+                                                 setup.window_dev, **setup.shape)
+    return window_sum, n_counted
+
+
+def make_plan(
+    setup: PlanSetup, config: SampleAttentionConfig, stats: RowStatistics | None, col_idx: torch.Tensor,
+    col_count: torch.Tensor, *, reports: bool, keep_scores: bool, blocks: KeyBlocks | None = None,
+    retained: tuple[torch.Tensor, torch.Tensor] | None = None, **extra,
+) -> SparsePlan:
+    """The `SparsePlan` of a selection, with its density and (``reports``) the sampled rows'
+    retained mass: measured on the stripes by ``stats.stripe_mass_of`` unless the rule gives
+    ``retained`` = (mean, min), each (B, Hq), itself. ``extra`` fills the rule's own fields."""
     retained_mean = retained_min = None
-    if reports:
-        stripe = stripe_mass_of(col_idx, col_count)
-        _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
-    density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
+    if reports and retained is not None:
+        retained_mean, retained_min = retained
+    elif reports:
+        if stats is None or stats.wmass is None:
+            raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
+        stripe = stats.stripe_mass_of(col_idx, col_count)
+        _, _, retained_mean, retained_min = summarize_rows(stats.wmass, stripe, setup.rows, setup.window_dev,
+                                                           **setup.shape)
+    density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows,
+                               blocks=blocks, **setup.shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
         nheads_kv=setup.nheads_kv, gqa_granularity=config.gqa_granularity, segment_rows=setup.segment_rows,
         scale=setup.scale, window=setup.window_dev, col_idx=col_idx, col_count=col_count,
         retained_mean=retained_mean, retained_min=retained_min, density=density,
-        sampled_rows=setup.rows.valid_rows, scores=scores if keep_scores else None,
-        candidate_density=candidate_density, ranking_fraction=ranking_fraction,
+        sampled_rows=setup.rows.valid_rows, scores=stats.scores if keep_scores and stats is not None else None,
+        blocks=blocks, estimate_cost=config.selection.estimation_cost(config), **extra,
     )
 
 
@@ -416,38 +477,21 @@ def plan(
     keep_scores: bool = False,
     reports: bool = True,
 ) -> SparsePlan:
-    """Stages 1 and 2 with the Triton kernels: sample rows, score columns, select to reach alpha.
+    """Stages 1 and 2 with the Triton kernels, by the config's selection rule.
 
     Args:
         q: (B, Sq, Hq, D); k: (B, Sk, Hkv, D); Sq <= Sk, bottom-right causal alignment.
         config: hyperparameters; ``heads`` optionally overrides alpha/window_ratio per query head.
         scale: softmax scale, default ``1 / sqrt(D)``.
-        keep_scores: keep the (B, Hsel, n_seg, Sk) column scores in the plan.
-        reports: measure the sampled rows' retained mass (a third pass over them); False
+        keep_scores: keep the estimates (column scores, block scores) in the plan.
+        reports: measure the sampled rows' retained mass (another pass over them); False
             leaves ``retained_mean``/``retained_min`` None, for the fast path.
     Returns:
         The `SparsePlan`.
     """
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
     kernel_backend_available(q)
-    from sampleattn.kernels import column_scores, rescore_candidates, sampled_row_stats, stripe_mass
-
-    rows, window = setup.rows, setup.window_dev
-    common = {"scale": setup.scale, "block_s": rows.block}
-    # Stage 1: exact statistics of the sampled rows, then column scores. The window mass per
-    # row is only measured for the reports; the selection gets it from the scores.
-    lse2, wmass = sampled_row_stats(q, k, rows.rows, window, window_mass=reports, **common)
-    scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
-                           tile_ranges=_score_tiles(setup), **common)
-    return select_and_report(
-        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores, reports=reports,
-        stripe_mass_of=lambda col_idx, col_count: stripe_mass(
-            q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
-            q_per_sel=setup.q_per_sel, **common),
-        rescore_of=lambda cand_idx, cand_count: rescore_candidates(
-            q, k, cand_idx, cand_count, window, q_per_sel=setup.q_per_sel, scale=setup.scale,
-            block_m=setup.rank_block, m_stride=config.rescore_stride),
-    )
+    return config.selection.plan(setup, q, k, config, keep_scores=keep_scores, reports=reports)
 
 
 @functools.lru_cache(maxsize=128)

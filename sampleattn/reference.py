@@ -19,13 +19,13 @@ from typing import Mapping
 import torch
 
 from .config import HeadOverride, SampleAttentionConfig
-from .planning import SparsePlan, prepare_plan, select_and_report
+from .planning import PlanSetup, RowStatistics, SparsePlan, prepare_plan
 from .rescoring import ranking_rows
 from .validation import check_qkv
 
 __all__ = [
     "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
-    "relative_error", "rescore_ref", "sample_attention_ref", "sparse_attention_ref",
+    "relative_error", "rescore_ref", "row_statistics_ref", "sample_attention_ref", "sparse_attention_ref",
 ]
 
 
@@ -92,6 +92,40 @@ def attention_ref(
     return (out, lse) if return_lse else out
 
 
+def row_statistics_ref(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor) -> RowStatistics:
+    """Stage 1 in plain PyTorch (`sampleattn.planning.row_statistics`'s oracle): the sampled rows'
+    dense softmax, their window mass, and the column scores per selection head and segment."""
+    rows, window = setup.rows, setup.window_dev
+    slot_rows = rows.rows.to(torch.int64)
+    real = slot_rows >= 0
+    # Dense softmax of the sampled rows: (B, Hq, n_slots, Sk).
+    qs = q[:, slot_rows.clamp(min=0)].transpose(1, 2).float()
+    s = torch.matmul(qs, _expand_kv(k, setup.nheads_q).float().transpose(-1, -2)) * setup.scale
+    pos = (setup.seqlen_k - setup.seqlen_q + slot_rows).view(1, 1, -1, 1)
+    j = torch.arange(setup.seqlen_k, device=q.device).view(1, 1, 1, -1)
+    visible = (j <= pos) & real.view(1, 1, -1, 1)
+    s = s.masked_fill(~visible, float("-inf"))
+    lse2 = torch.where(real.view(1, 1, -1), torch.logsumexp(s, dim=-1) / math.log(2.0), float("inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    outside = (j <= pos - window.to(torch.int64).view(1, -1, 1, 1)) & visible
+    wmass = torch.where(visible & ~outside, p, 0.0).sum(-1)
+    wmass = torch.where(visible.any(-1), wmass, torch.ones_like(wmass))
+    p_out = torch.where(outside, p, 0.0)  # (B, Hq, n_slots, Sk)
+    slot_seg = rows.block_seg.to(q.device, torch.int64).repeat_interleave(rows.block)
+    n_seg = rows.seg_blocks.numel() - 1
+    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=q.device).view(1, -1)).to(torch.float32)
+    scores = torch.einsum("bhsk,sg->bhgk", p_out, onehot)
+    scores = scores.view(setup.batch, -1, setup.q_per_sel, n_seg, setup.seqlen_k).sum(dim=2)
+
+    def stripe_mass_of(col_idx: torch.Tensor, col_count: torch.Tensor) -> torch.Tensor:
+        member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=q.device)
+        member.scatter_(3, col_idx.to(torch.int64), True)
+        member = member[..., : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1)[:, :, slot_seg, :]
+        return torch.where(member, p_out, 0.0).sum(-1)
+
+    return RowStatistics(scores=scores, wmass=wmass, stripe_mass_of=stripe_mass_of, lse2=lse2)
+
+
 def plan_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,39 +139,7 @@ def plan_ref(
 ) -> SparsePlan:
     """Stages 1-2 in plain PyTorch: same sampled rows and rule as `sampleattn.planning.plan`."""
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
-    rows, window = setup.rows, setup.window_dev
-    slot_rows = rows.rows.to(torch.int64)
-    real = slot_rows >= 0
-    # Dense softmax of the sampled rows: (B, Hq, n_slots, Sk).
-    qs = q[:, slot_rows.clamp(min=0)].transpose(1, 2).float()
-    s = torch.matmul(qs, _expand_kv(k, setup.nheads_q).float().transpose(-1, -2)) * setup.scale
-    pos = (setup.seqlen_k - setup.seqlen_q + slot_rows).view(1, 1, -1, 1)
-    j = torch.arange(setup.seqlen_k, device=q.device).view(1, 1, 1, -1)
-    visible = (j <= pos) & real.view(1, 1, -1, 1)
-    p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
-    outside = (j <= pos - window.to(torch.int64).view(1, -1, 1, 1)) & visible
-    wmass = torch.where(visible & ~outside, p, 0.0).sum(-1)
-    wmass = torch.where(visible.any(-1), wmass, torch.ones_like(wmass))
-    p_out = torch.where(outside, p, 0.0)  # (B, Hq, n_slots, Sk)
-    # Column scores per selection head and segment.
-    slot_seg = rows.block_seg.to(q.device, torch.int64).repeat_interleave(rows.block)
-    n_seg = rows.seg_blocks.numel() - 1
-    onehot = (slot_seg.view(-1, 1) == torch.arange(n_seg, device=q.device).view(1, -1)).to(torch.float32)
-    scores = torch.einsum("bhsk,sg->bhgk", p_out, onehot)
-    scores = scores.view(setup.batch, -1, setup.q_per_sel, n_seg, setup.seqlen_k).sum(dim=2)
-
-    def stripe_mass_of(col_idx: torch.Tensor, col_count: torch.Tensor) -> torch.Tensor:
-        member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=q.device)
-        member.scatter_(3, col_idx.to(torch.int64), True)
-        member = member[..., : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1)[:, :, slot_seg, :]
-        return torch.where(member, p_out, 0.0).sum(-1)
-
-    def rescore_of(cand_idx: torch.Tensor, cand_count: torch.Tensor) -> torch.Tensor:
-        return rescore_ref(q, k, cand_idx, cand_count, window, q_per_sel=setup.q_per_sel, scale=setup.scale,
-                           block_m=setup.rank_block, m_stride=config.rescore_stride)
-
-    return select_and_report(setup, config, wmass=wmass, scores=scores, stripe_mass_of=stripe_mass_of,
-                             keep_scores=keep_scores, rescore_of=rescore_of, reports=reports)
+    return config.selection.plan_reference(setup, q, k, config, keep_scores=keep_scores, reports=reports)
 
 
 def rescore_ref(
@@ -223,7 +225,11 @@ def plan_mask_rows(plan: SparsePlan, rows: torch.Tensor) -> torch.Tensor:
     member.scatter_(3, plan.col_idx.to(torch.int64), True)
     member = member[..., : plan.seqlen_k].repeat_interleave(plan.q_per_sel, dim=1)
     stripes = member[:, :, rows // plan.segment_rows, :] & (j <= pos)
-    return in_window | stripes
+    mask = in_window | stripes
+    if plan.blocks is not None:
+        chosen = plan.blocks.member(plan.seqlen_k).repeat_interleave(plan.q_per_sel, dim=1)
+        mask = mask | (chosen[:, :, rows // plan.blocks.block_rows, :] & (j <= pos))
+    return mask
 
 
 def attention_rows_ref(

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["density_per_head", "select_columns", "static_kmax", "uses_static_kmax"]
+__all__ = ["block_pairs", "density_per_head", "select_columns", "static_kmax", "uses_static_kmax"]
 
 #: ``col_idx``'s width is padded to a multiple of this: its strides then stay in one divisibility
 #: class whatever the number of selected columns, so Triton (which specialises integer
@@ -112,15 +112,84 @@ def _window_pairs(window: torch.Tensor, first: int, last: int) -> torch.Tensor:
     return torch.where(w >= last, torch.full_like(w, total_triangle), tri + rest)
 
 
+def _ramp_sum(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """sum over u in [1, x] of min(u, n) (0 for x <= 0), elementwise, in fp64."""
+    x = x.clamp(min=0).to(torch.float64)
+    n = n.to(torch.float64)
+    return torch.where(x <= n, x * (x + 1) / 2, n * (n + 1) / 2 + (x - n) * n)
+
+
+def block_pairs(
+    blocks, col_idx: torch.Tensor, col_count: torch.Tensor, window: torch.Tensor, *,
+    seqlen_q: int, seqlen_k: int, q_per_sel: int, max_elements: int = 1 << 22,
+) -> torch.Tensor:
+    """Pairs the chosen key blocks add to the window and the stripes, per (batch, query head).
+
+    Row i of query block b keeps key j of a chosen block when ``j <= p_i - w`` (keys inside its
+    window are the window's) and j is no stripe column (those are the stripes'). For rows
+    [r0, r1) of b that is ``clamp(r1 + offset - w - j, 0, r1 - r0)`` rows per key j: summed in
+    closed form over each block's keys, and over the stripe columns inside it from prefix
+    counts and prefix sums of the sorted columns. Memory: at most ``max_elements`` per step.
+
+    Args:
+        blocks: `sampleattn.planning.KeyBlocks`; col_idx (B, Hsel, 1, kmax) int32 ascending, padded
+            with Sk; col_count (B, Hsel, 1); window (Hq,) int.
+    Returns:
+        (B, Hq) fp64 pair counts.
+    """
+    blk_idx, blk_count = blocks.blk_idx, blocks.blk_count
+    batch, n_sel, n_qb, kbmax = blk_idx.shape
+    device = blk_idx.device
+    offset = seqlen_k - seqlen_q
+    kb, rows_per = blocks.key_block, blocks.block_rows
+    cols = col_idx[:, :, 0].to(torch.int64)  # (B, Hsel, kmax); padding Sk counts as no column
+    valid_cols = torch.arange(cols.shape[-1], device=device).view(1, 1, -1) < col_count[:, :, :1]
+    prefix = torch.nn.functional.pad(torch.cumsum(torch.where(valid_cols, cols, 0), dim=-1), (1, 0))
+    qb = torch.arange(n_qb, device=device)
+    r1 = torch.clamp((qb + 1) * rows_per, max=seqlen_q)
+    n_rows = (r1 - qb * rows_per).view(1, 1, -1, 1)
+    w_all = window.to(device, torch.int64).view(n_sel, q_per_sel)
+    total = torch.zeros(batch, n_sel, q_per_sel, dtype=torch.float64, device=device)
+    per_head = max(1, n_qb * kbmax)
+    step = max(1, max_elements // (batch * per_head))
+    for h0 in range(0, n_sel, step):
+        sl = slice(h0, min(n_sel, h0 + step))
+        c = blk_idx[:, sl].to(torch.int64)  # (B, h, n_qb, kbmax)
+        used = torch.arange(kbmax, device=device).view(1, 1, 1, -1) < blk_count[:, sl].unsqueeze(-1)
+        a = c * kb
+        b = torch.clamp(a + kb, max=seqlen_k)
+        flat_cols = cols[:, sl].contiguous()
+        flat_prefix = prefix[:, sl]
+        for g in range(q_per_sel):
+            w = w_all[sl, g].view(1, -1, 1, 1)
+            t = (r1 + offset).view(1, 1, -1, 1) - w  # a row counts key j for t - j rows, clamped
+            keys = _ramp_sum(t - a, n_rows) - _ramp_sum(t - b, n_rows)
+            e1 = torch.minimum(torch.maximum(t - n_rows + 1, a), b)  # [a, e1): every row
+            e2 = torch.minimum(torch.maximum(t, e1), b)  # [e1, e2): t - j rows
+
+            def count_below(x):
+                shape = x.shape
+                return torch.searchsorted(flat_cols, x.reshape(batch, x.shape[1], -1)).view(shape)
+
+            ca, c1, c2 = count_below(a), count_below(e1), count_below(e2)
+            s1 = torch.gather(flat_prefix, 2, c1.reshape(batch, c1.shape[1], -1)).view(c1.shape)
+            s2 = torch.gather(flat_prefix, 2, c2.reshape(batch, c2.shape[1], -1)).view(c2.shape)
+            overlap = n_rows * (c1 - ca) + t * (c2 - c1) - (s2 - s1)
+            pairs = torch.where(used, keys - overlap.to(torch.float64), 0.0)
+            total[:, sl, g] += pairs.sum(dim=(2, 3))
+    return total.reshape(batch, n_sel * q_per_sel)
+
+
 def density_per_head(
     col_idx: torch.Tensor, col_count: torch.Tensor, window: torch.Tensor, *,
-    seqlen_q: int, seqlen_k: int, segment_rows: int, q_per_sel: int,
+    seqlen_q: int, seqlen_k: int, segment_rows: int, q_per_sel: int, blocks=None,
 ) -> torch.Tensor:
     """Computed pairs over visible pairs, per (batch, query head), in closed form (no mask).
 
     Args:
         col_idx: (B, Hsel, n_seg, kmax) int32; col_count: (B, Hsel, n_seg) int32.
         window: (Hq,) int window per query head.
+        blocks: the chosen key blocks (`sampleattn.planning.KeyBlocks`), or None.
     Returns:
         (B, Hq) fp32.
     """
@@ -141,4 +210,7 @@ def density_per_head(
         batch, n_sel, n_seg, 1, 1)
     stripes = torch.where(valid, rows, torch.zeros_like(rows)).sum(dim=(2, 4)).to(torch.float64)
     computed = stripes.reshape(batch, n_sel * q_per_sel) + win.view(1, -1)
+    if blocks is not None:
+        computed = computed + block_pairs(blocks, col_idx, col_count, window, seqlen_q=seqlen_q,
+                                          seqlen_k=seqlen_k, q_per_sel=q_per_sel)
     return (computed / visible).to(torch.float32)

@@ -93,11 +93,9 @@ def _length(tokens: int | None) -> str:
 
 
 def _selection(profile: Any) -> str:
-    """``sampled`` (the paper's rule) or ``rescored c=<candidate_alpha> s=<stride>``."""
-    config = profile.config.config
-    if config.selection == "sampled":
-        return "sampled"
-    return f"rescored c={config.candidate_alpha:.4g} s={config.rescore_stride}"
+    """The rule's name and its parameters that differ from the defaults (``rescored
+    candidate_alpha=0.995``, ``block beta=0.9``)."""
+    return profile.config.config.selection.describe()
 
 
 def _overrides(profile: Any) -> str:

@@ -85,24 +85,24 @@ def normalize_state(state: Any) -> str:
     return {"fail": "failed", "completed": "complete", "prune": "pruned"}.get(text, text)
 
 
-#: Config fields added after the first release, with their defaults. They enter the hash only
-#: when they differ from the default, so that a stored profile's hash stays valid when a later
-#: version adds a field (the profile then means the same as before: the field's default).
-#: Append every new `SampleAttentionConfig` field here.
-LATER_CONFIG_FIELDS = {"selection": "sampled", "candidate_alpha": 0.999, "rescore_stride": 1}
+#: Plain config fields added after the first release, with their defaults. They enter the hash
+#: only when they differ from the default, so that a stored profile's hash stays valid when a
+#: later version adds a field (the profile then means the same as before: the field's default).
+#: Append every new plain `SampleAttentionConfig` field here; the selection rule's parameters
+#: enter through the rule (`sampleattn.rules.SelectionRule.hash_fields`).
+LATER_CONFIG_FIELDS = {"dense_above": 1.0}
 
 
 def content_hash(config: ModelAttentionProfile) -> str:
     """SHA-256 of the canonical JSON of a profile's configuration (sorted keys, no spaces).
 
     Two profiles have the same hash exactly when they configure the operator the same way,
-    whatever model, length or store they belong to.
+    whatever model, length or store they belong to. The selection rule is written flat, as
+    its ``hash_fields`` say (the paper's rule adds nothing: hashes of the first release hold).
     """
     data = json.loads(config.model_dump_json())
-    if data["config"].get("selection") == "sampled":
-        # the rescoring parameters do nothing under the paper's rule
-        for name in ("candidate_alpha", "rescore_stride"):
-            data["config"].pop(name, None)
+    data["config"].pop("selection", None)
+    data["config"].update(config.config.selection.hash_fields())
     for name, default in LATER_CONFIG_FIELDS.items():
         if data["config"].get(name) == default:
             del data["config"][name]

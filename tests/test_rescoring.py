@@ -140,8 +140,8 @@ def test_a_layer_alpha_above_candidate_alpha_keeps_the_candidate_share():
     base = SampleAttentionConfig(selection="rescored", alpha=0.85, candidate_alpha=0.925)  # share 0.5
     profile = ModelAttentionProfile(config=base, layers={1: LayerOverride(alpha=0.99), 2: LayerOverride(alpha=0.5)})
     raised = profile.layer_config(1)
-    assert raised.alpha == 0.99 and raised.candidate_alpha == pytest.approx(0.995)
-    assert profile.layer_config(2).candidate_alpha == 0.925  # never below the profile's
+    assert raised.alpha == 0.99 and raised.selection.candidate_alpha == pytest.approx(0.995)
+    assert profile.layer_config(2).selection.candidate_alpha == 0.925  # never below the profile's
     # and the layer plans (the candidates at 0.995 reach its alpha)
     q, k, _ = structured_qkv(1, 256, 256, 2, 1, 64, seed=5)
     rescored = plan_ref(q, k, raised.model_copy(update={"dense_below": 0, "block_m": 32}))

@@ -18,6 +18,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sampleattn.rules import RULES
+
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -89,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per layer and sample for the error (default 64 on the CPU, 256 on a GPU)")
     p.add_argument("--cache-dir", default=None, help="calibration cache folder (default ~/.cache/sampleattn/calibration)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--selection", default="sampled", metavar="sampled[,rescored]",
-                   help="selection rules the search may choose (default: sampled, the paper's rule; "
-                        "rescored adds candidate_alpha and rescore_stride to the search)")
+    p.add_argument("--selection", default="sampled", metavar="sampled[,rescored][,block]",
+                   help="selection rules the search may choose (default: sampled, the paper's rule); each "
+                        "adds its own parameters: " + "; ".join(f"{name}: {rule.summary}" for name, rule in RULES.items()))
     return p
 
 

@@ -12,9 +12,12 @@ gqa_granularity    ``query_head``, ``kv_head``                  categorical
 dense_below        ``0`` (sparse) or ``2 * length`` (dense)     categorical
 selection          the ``--selection`` choices (default          categorical
                    ``sampled`` only: then not asked)
-candidate_share    [0.5, 0.99]: ``candidate_alpha = alpha +      float (rescored only)
-                   share * (1 - alpha)``
-rescore_stride     1, 2, 4, 8                                   categorical (rescored only)
+(the rule's own)   what the chosen rule's ``suggest`` asks:     (asked of that rule's
+                   rescored: candidate_share [0.5, 0.99]        trials only)
+                   (``candidate_alpha = alpha + share * (1 -
+                   alpha)``), rescore_stride 1, 2, 4, 8; block:
+                   beta [0.8, 0.995], key_block 64 or 128,
+                   stripes yes or no
 =================  ===========================================  =======================
 
 ``dense_below`` only decides whether the profile runs dense at its length: any value up to the
@@ -51,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sampleattn.config import LayerOverride, ModelAttentionProfile, SampleAttentionConfig
+from sampleattn.rules import RULES
 
 __all__ = [
     "DEFAULT_MAX_ERROR",
@@ -81,9 +85,7 @@ ALPHA = (0.8, 0.995)
 WINDOW_RATIO = (0.005, 0.15)
 SAMPLE_RATIO = (0.005, 0.1)
 GQA = ("query_head", "kv_head")
-SELECTIONS = ("sampled", "rescored")
-CANDIDATE_SHARE = (0.5, 0.99)
-RESCORE_STRIDES = (1, 2, 4, 8)
+SELECTIONS = tuple(RULES)
 
 #: Stage 2 must be at least this much faster than the global config to be kept.
 PER_LAYER_MIN_GAIN = 0.02
@@ -114,8 +116,8 @@ def suggest_params(trial: Any, length: int, selections: Sequence[str] = ("sample
 
     ``dense_below`` is asked only of the dense baseline (enqueued with the user attribute
     ``baseline="dense"``); the other trials are sparse (``dense_below = 0``). ``selection`` is
-    asked only when ``selections`` offers more than one rule; the rescoring parameters only of
-    trials that rescore.
+    asked only when ``selections`` offers more than one rule; the rule's own parameters (its
+    ``suggest``) only of trials of that rule.
     """
     params = {
         "alpha": trial.suggest_float("alpha", *ALPHA),
@@ -124,11 +126,10 @@ def suggest_params(trial: Any, length: int, selections: Sequence[str] = ("sample
         "gqa_granularity": trial.suggest_categorical("gqa_granularity", list(GQA)),
     }
     selection = selections[0] if len(selections) == 1 else trial.suggest_categorical("selection", list(selections))
-    if selection == "rescored":
-        share = trial.suggest_float("candidate_share", *CANDIDATE_SHARE)
-        params["selection"] = "rescored"
-        params["candidate_alpha"] = min(1.0, params["alpha"] + share * (1.0 - params["alpha"]))
-        params["rescore_stride"] = trial.suggest_categorical("rescore_stride", list(RESCORE_STRIDES))
+    if selection != SampleAttentionConfig.model_fields["selection"].default_factory().name:
+        # the default rule's trials stay as they were before rules had parameters (no key)
+        params["selection"] = selection
+        params.update(RULES[selection].suggest(trial, params))
     if trial.user_attrs.get("baseline") == "dense":
         params["dense_below"] = trial.suggest_categorical("dense_below", dense_choices(length))
     else:
@@ -145,17 +146,27 @@ def suggest_layer_params(trial: Any) -> dict[str, Any]:
 
 
 def config_from_params(params: Mapping[str, Any], base: SampleAttentionConfig | None = None) -> SampleAttentionConfig:
-    """A `SampleAttentionConfig` from trial parameters (missing ones from ``base``)."""
+    """A `SampleAttentionConfig` from trial parameters (missing ones from ``base``).
+
+    Trial parameters are flat: the rule's name in ``selection`` and its parameters beside the
+    common ones. Parameters of the base's rule that the trial does not give keep the base's
+    values; a trial that moves alpha alone moves the rule with it (`SelectionRule.for_alpha`,
+    as layer overrides do)."""
     base = base or SampleAttentionConfig()
-    names = ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below", "selection",
-             "candidate_alpha", "rescore_stride")
-    known = {k: params[k] for k in names if k in params}
-    if "alpha" in known and "candidate_alpha" not in known and known.get("selection", base.selection) == "rescored":
-        # stage 2 moves alpha alone: keep the base's candidate share (as layer overrides do)
-        known["candidate_alpha"] = base.candidate_alpha_for(known["alpha"])
-    if known:  # validate the combination (candidate_alpha >= alpha), not just copy it
-        return SampleAttentionConfig.model_validate({**base.model_dump(), **known})
-    return base.model_copy(update=known) if known else base
+    common = ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below")
+    known = {k: params[k] for k in common if k in params}
+    rule = base.selection
+    if "selection" in params and params["selection"] != rule.name:
+        rule = RULES[params["selection"]]()
+    elif "alpha" in known:
+        rule = rule.for_alpha(base.alpha, known["alpha"])
+    owned = {k: params[k] for k in type(rule).model_fields if k != "name" and k in params}
+    if owned:
+        rule = type(rule).model_validate({**dict(rule), **owned})
+    if not known and rule == base.selection:
+        return base
+    # validated, not just copied: the combination must hold (e.g. candidate_alpha >= alpha)
+    return SampleAttentionConfig.model_validate({**dict(base), **known, "selection": rule})
 
 
 def assign_per_layer(

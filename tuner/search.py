@@ -40,6 +40,7 @@ from .objectives import (
     DEFAULT_MIN_RETAINED_MASS,
     PAPER_DEFAULT,
     PER_LAYER_MIN_GAIN,
+    SELECTIONS,
     Budget,
     assign_per_layer,
     config_from_params,
@@ -225,9 +226,10 @@ def _validate(options: TuneOptions) -> None:
         raise TuneUsageError(f"--objective {options.objective!r}: choose layer or model")
     if options.objective == "model" and options.calibration == "synthetic":
         raise TuneUsageError("--objective model needs real text (essays or a file): synthetic q/k/v have no logits")
-    if not options.selections or set(options.selections) - {"sampled", "rescored"} \
+    if not options.selections or set(options.selections) - set(SELECTIONS) \
             or len(set(options.selections)) != len(options.selections):
-        raise TuneUsageError(f"--selection {','.join(options.selections)!r}: give sampled, rescored or both, once each")
+        raise TuneUsageError(f"--selection {','.join(options.selections)!r}: give one or more of "
+                             f"{', '.join(SELECTIONS)}, each once")
     if options.max_error is not None and not options.max_error > 0:
         raise TuneUsageError(f"--max-error must be positive (got {options.max_error})")
     if options.calibration not in ("essays", "synthetic") and not os.path.isfile(options.calibration):
@@ -713,13 +715,15 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         probe = optuna.create_study(directions=["minimize", "minimize"])
-        if "rescored" in options.selections and len(options.selections) > 1:
-            # a rescored probe asks every parameter, so the recorded space is complete
-            probe.enqueue_trial({"selection": "rescored"})
-        t = probe.ask()
-        t.set_user_attr("baseline", "dense")
-        suggest_params(t, options.lengths[0], options.selections)
-        distributions = t.distributions
+        distributions = {}
+        # one probe per rule: each asks its rule's parameters, so the recorded space is complete
+        for selection in options.selections:
+            if len(options.selections) > 1:
+                probe.enqueue_trial({"selection": selection})
+            t = probe.ask()
+            t.set_user_attr("baseline", "dense")
+            suggest_params(t, options.lengths[0], options.selections)
+            distributions.update(t.distributions)
         search_space = {k: v.model_dump(mode="json") for k, v in search_space_from_distributions(distributions).items()}
         search_space["dense_below"] = {"kind": "categorical", "choices": ["0", "2 * length"]}
         from sampleattn.env import collect_env

@@ -122,22 +122,26 @@ def test_rescored_trial_costs_its_ranking_passes(evaluator):
     assert rescored.latency_ms > sampled.latency_ms * 1.05
 
 
-def test_suggested_rescoring_params_make_a_valid_config():
+def test_suggested_rule_params_make_a_valid_config():
     import optuna
 
     from sampleattn.tuner.objectives import config_from_params, suggest_params
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
-    for _ in range(12):
+    for _ in range(24):
         trial = study.ask()
-        params = suggest_params(trial, 4096, ("sampled", "rescored"))
+        params = suggest_params(trial, 4096, ("sampled", "rescored", "block"))
         config = config_from_params(params)
-        seen.add(config.selection)
-        if config.selection == "rescored":
-            assert config.alpha <= config.candidate_alpha <= 1.0
-            assert config.rescore_stride in (1, 2, 4, 8)
+        rule = config.selection
+        seen.add(rule.name)
+        if rule.name == "rescored":
+            assert config.alpha <= rule.candidate_alpha <= 1.0
+            assert rule.rescore_stride in (1, 2, 4, 8)
+        if rule.name == "block":
+            assert 0.8 <= rule.beta <= 0.995 and rule.key_block in (64, 128)
+            assert (rule.beta, rule.key_block, rule.stripes) == (params["beta"], params["key_block"], params["stripes"])
         study.tell(trial, 0.0)
-    assert seen == {"sampled", "rescored"}
+    assert seen == {"sampled", "rescored", "block"}
     only_paper = study.ask()
     assert "selection" not in suggest_params(only_paper, 4096)

@@ -1,0 +1,173 @@
+"""The selection rules side by side at one length, on the same tensors and error rows.
+
+    python -m sampleattn.bench.rules_bench --length 128k --out results/       # on a CUDA GPU
+    python -m sampleattn.bench.rules_bench --dry-run --out /tmp/x             # tiny, on the CPU
+
+Inputs: Llama-3-8B geometry with real SmolLM2 heads of a middle and a late layer band
+(`harness.smollm2_to_geometry`). For every method: the error against exact fp32 attention on
+the same seeded rows (`harness.error_rows_for`), the density, the sampled rows' retained mass,
+the plan's time (fast path, no reports), stage 3's, and the whole operator's, against cuDNN in
+the same process. Methods are (name, config) pairs (`METHODS`); `extra_methods` takes further
+(name, callable) pairs, e.g. peers, timed and checked the same way. One JSON line per method
+goes to ``OUT/rules.jsonl`` as soon as it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn.env import collect_env
+from sampleattn.lengths import parse_length
+from sampleattn.reference import attention_rows_ref, relative_error
+from sampleattn.rules import BlockRule
+
+from . import harness as h
+
+__all__ = ["METHODS", "main", "measure_config", "measure_callable"]
+
+
+def _config(alpha, window, sample, rule=None, **kw) -> SampleAttentionConfig:
+    return SampleAttentionConfig(alpha=alpha, window_ratio=window, sample_ratio=sample, gqa_granularity="kv_head",
+                                 dense_below=0, **({"selection": rule} if rule else {}), **kw)
+
+
+#: The methods of the comparison (the paper's rule first: the reference of the method).
+METHODS: list[tuple[str, SampleAttentionConfig]] = [
+    ("sampled a0.95 w8% s5%", _config(0.95, 0.08, 0.05)),
+    ("sampled a0.99 w8% s5%", _config(0.99, 0.08, 0.05)),
+    ("block b0.90 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.90))),
+    ("block b0.95 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95))),
+    ("block b0.98 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.98))),
+    ("block b0.95 a0.8 w4% s2% kb128", _config(0.8, 0.04, 0.02, BlockRule(beta=0.95))),
+    ("block b0.98 a0.8 w4% s2% kb128", _config(0.8, 0.04, 0.02, BlockRule(beta=0.98))),
+    ("block b0.95 nostripes w4% kb128", _config(0.9, 0.04, 0.05, BlockRule(beta=0.95, stripes=False))),
+    ("block b0.98 nostripes w4% kb128", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, stripes=False))),
+    ("block b0.99 nostripes w2% kb128", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, stripes=False))),
+    ("block b0.95 a0.9 w8% s5% kb64", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95, key_block=64))),
+    ("block b0.98 nostripes w4% kb64", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, key_block=64, stripes=False))),
+]
+
+
+def _time(fn, device, repeat):
+    return h.device_ms(fn, device, warmup=2, repeat=repeat)
+
+
+def measure_config(name: str, config: SampleAttentionConfig, q, k, v, rows, exact, cudnn_ms, *, repeat: int) -> dict:
+    """Check, then time, one config of the operator (see the module docstring)."""
+    device = q.device
+    started = time.perf_counter()
+    p = plan(q, k, config)
+    out = sparse_attention(q, k, v, p)
+    h._sync(device)
+    row = {"method": name, "config": json.loads(config.model_dump_json()), "first_call_s": time.perf_counter() - started,
+           "error": relative_error(out[:, rows], exact),
+           "error_vs_own_plan": relative_error(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p)),
+           "density": p.mean_density, "retained_mean": float(p.retained_mean.mean()),
+           "retained_min": float(p.retained_min.min()), "estimate_cost": p.estimate_cost,
+           "nan": bool(torch.isnan(out).any())}
+    if p.blocks is not None:
+        row["key_blocks_mean"] = float(p.blocks.blk_count.float().mean())
+    row["columns_mean"] = float(p.n_selected.float().mean())
+    del out
+    row["plan_ms"] = _time(lambda: plan(q, k, config, reports=False), device, repeat)
+    fast = plan(q, k, config, reports=False)
+    row["attention_ms"] = _time(lambda: sparse_attention(q, k, v, fast), device, repeat)
+    row["total_ms"] = _time(lambda: sample_attention(q, k, v, config), device, repeat)
+    row["plan_share"] = row["plan_ms"] / row["total_ms"]
+    row["speedup_vs_cudnn"] = cudnn_ms / row["total_ms"] if cudnn_ms else None
+    del p, fast
+    return row
+
+
+def measure_callable(name: str, fn: Callable, q, k, v, rows, exact, cudnn_ms, *, repeat: int) -> dict:
+    """Check, then time, a method given as ``fn(q, k, v) -> out`` or ``-> (out, info)``."""
+    device = q.device
+    started = time.perf_counter()
+    result = fn(q, k, v)
+    out, info = result if isinstance(result, tuple) else (result, {})
+    h._sync(device)
+    row = {"method": name, "first_call_s": time.perf_counter() - started, "error": relative_error(out[:, rows], exact),
+           "nan": bool(torch.isnan(out).any()), **{k_: v_ for k_, v_ in info.items() if isinstance(v_, (int, float, str))}}
+    del out
+    row["total_ms"] = _time(lambda: fn(q, k, v), device, repeat)
+    row["speedup_vs_cudnn"] = cudnn_ms / row["total_ms"] if cudnn_ms else None
+    return row
+
+
+def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", default="128k")
+    parser.add_argument("--bands", default="mid,late", help="SmolLM2 layer bands: mid (layer 14), late (24)")
+    parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--error-rows", type=int, default=256)
+    parser.add_argument("--dry-run", action="store_true", help="tiny length and SmolLM2's geometry (CPU)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seqlen = 512 if args.dry_run else parse_length(args.length)
+    geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
+    bands = {"mid": 14, "late": 24}
+    wanted = [b.strip() for b in args.bands.split(",") if b.strip()]
+    methods = [(n, c) for n, c in METHODS if not args.methods or any(s in n for s in args.methods.split(","))]
+    if args.dry_run:
+        methods = [(n, c.model_copy(update={"block_m": 64, "block_n": 32})) for n, c in methods[:4:2]]
+    layer_sets = {b: h.smollm2_layers_for(geometry, bands[b]) for b in wanted}
+    captured = h.capture_smollm2(seqlen, sorted({x for s in layer_sets.values() for x in s}), device=device)
+    (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
+                                                  "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
+    rows_out: list[dict] = []
+    with open(out_dir / "rules.jsonl", "a") as log:
+        for band in wanted:
+            q, k, v = h.smollm2_to_geometry(captured, layer_sets[band], geometry)
+            if args.dry_run:
+                q, k, v = (t.float() for t in (q, k, v))
+            rows = h.error_rows_for(seqlen, min(args.error_rows, seqlen)).to(device)
+            exact = attention_rows_ref(q, k, v, rows)
+            base = h.dense_baselines(q, k, v, repeat=args.repeat, flex=False, backends=("cudnn",))
+            cudnn = base.get("cudnn")
+            record = {"band": band, "seqlen": seqlen, "method": "cuDNN SDPA (dense)", "total_ms": cudnn,
+                      "speedup_vs_cudnn": 1.0, "density": 1.0}
+            for item in [(n, c, measure_config) for n, c in methods] + \
+                        [(n, f, measure_callable) for n, f in (extra_methods or [])]:
+                name, what, measure = item
+                try:
+                    row = measure(name, what, q, k, v, rows, exact, cudnn, repeat=args.repeat)
+                except Exception as error:  # one failing method must not lose the others' rows
+                    row = {"method": name, "failed": f"{type(error).__name__}: {str(error)[:300]}"}
+                row.update(band=band, seqlen=seqlen)
+                rows_out.append(row)
+                log.write(json.dumps(row, default=str) + "\n")
+                log.flush()
+                print(_line(row), flush=True)
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            rows_out.append(record)
+            log.write(json.dumps(record) + "\n")
+            print(_line(record), flush=True)
+            del q, k, v, exact
+    return rows_out
+
+
+def _line(row: dict) -> str:
+    if "failed" in row:
+        return f"{row.get('band', '')} {row['method']}: FAILED {row['failed']}"
+    fmt = lambda key, spec: (format(row[key], spec) if isinstance(row.get(key), (int, float)) else "-")
+    return (f"{row.get('band', '')} {row['method']:<36} total {fmt('total_ms', '.2f')} ms  "
+            f"x{fmt('speedup_vs_cudnn', '.2f')}  err {fmt('error', '.4f')}  dens {fmt('density', '.3f')}  "
+            f"plan {fmt('plan_ms', '.2f')}  attn {fmt('attention_ms', '.2f')}  blocks {fmt('key_blocks_mean', '.1f')}")
+
+
+if __name__ == "__main__":
+    main()

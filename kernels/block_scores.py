@@ -1,0 +1,77 @@
+"""Launcher of the block rule's estimate (`_block_scores_jit.block_scores_kernel`).
+
+Checks only what would make the kernel read out of bounds; the oracle with the same signature
+is `sampleattn.rules.block.block_scores_ref`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from ._block_scores_jit import block_scores_kernel
+from ._specialization import batch_stride
+from .sampling import dot_precision
+
+__all__ = ["block_scores", "pooled_keys"]
+
+
+def pooled_keys(k: torch.Tensor, key_block: int) -> torch.Tensor:
+    """(B, Sk, Hkv, D) -> (B, n_kblocks, Hkv, D): the mean key of each block of ``key_block``
+    keys (the last block's mean over the keys it has), accumulated in fp32, in k's dtype."""
+    batch, seqlen_k, nheads_kv, head_dim = k.shape
+    n_full = seqlen_k // key_block
+    parts = []
+    if n_full:
+        parts.append(k[:, : n_full * key_block].view(batch, n_full, key_block, nheads_kv, head_dim)
+                     .mean(dim=2, dtype=torch.float32))
+    if seqlen_k % key_block:
+        parts.append(k[:, n_full * key_block:].mean(dim=1, keepdim=True, dtype=torch.float32))
+    return torch.cat(parts, dim=1).to(k.dtype) if len(parts) > 1 else parts[0].to(k.dtype)
+
+
+def block_scores(
+    q: torch.Tensor, k: torch.Tensor, *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
+    kbar: torch.Tensor | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
+) -> torch.Tensor:
+    """Estimated mass of every key block for every query block.
+
+    Args:
+        q: (B, Sq, Hq, D); k: (B, Sk, Hkv, D).
+        key_block: keys per block; block_rows: query rows per block.
+        q_per_sel: query heads summed into one selection head (1, or Hq // Hkv).
+        kbar: the pooled keys (`pooled_keys`), if already made.
+    Returns:
+        (B, Hsel, n_qblocks, n_kblocks) fp32: entry (b, s, t, c) is the sum over the rows of query
+        block t and the query heads of selection head s of each row's softmax share of block c
+        (the logit of a block is ``scale * q . kbar_c + ln(visible keys of c)``). A row's shares
+        sum to 1, so a query block's entries sum to its (row, head) pairs.
+    """
+    batch, seqlen_q, nheads_q, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    if kbar is None:
+        kbar = pooled_keys(k, key_block)
+    n_kb = kbar.shape[1]
+    n_qb = triton.cdiv(seqlen_q, block_rows)
+    n_sel = nheads_q // q_per_sel
+    if batch * n_sel > 65_535:
+        raise ValueError(f"batch * selection heads = {batch * n_sel} exceeds the CUDA grid limit 65535; "
+                         "split the batch")
+    scores = torch.empty((batch, n_sel, n_qb, n_kb), device=q.device, dtype=torch.float32)
+    lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if num_warps is None:
+        num_warps = 8 if block_rows * block_d >= 128 * 128 else 4
+    block_scores_kernel[(n_qb, batch * n_sel)](
+        q, kbar, lse, scores,
+        batch_stride(q), q.stride(1), q.stride(2),
+        batch_stride(kbar), kbar.stride(1), kbar.stride(2),
+        batch_stride(lse), lse.stride(1),
+        batch_stride(scores), scores.stride(1), scores.stride(2),
+        nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=block_c, KEY_BLOCK=key_block,
+        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+    return scores

@@ -1,0 +1,285 @@
+"""The block rule (method.md, section 4b): stripes plus key blocks chosen per query block.
+
+``M = Window(w) ∪ Stripes(I) ∪ Blocks(B_b)``. The stripes are the paper's rule at the config's
+alpha (optional). Then every query row scores every key block by its softmax share over the
+blocks' mean-pooled keys (`sampleattn.kernels.block_scores`, about ``1 / key_block`` of a dense
+pass, twice); per query block of ``block_m`` rows the shares are summed, the blocks that lie
+inside every row's window count as the window's, and the other blocks are taken in descending
+score until window plus chosen blocks hold ``beta`` of the block's estimated mass. One set of
+columns shared by every row of a head cannot give rows key regions the others do not need;
+key blocks per query block can.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from pydantic import Field, field_validator
+
+from .base import SelectionRule
+from .sampled import select_stripes
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from sampleattn.config import SampleAttentionConfig
+    from sampleattn.planning import KeyBlocks, PlanSetup, SparsePlan
+
+__all__ = ["BlockRule", "block_scores_ref", "candidate_blocks", "select_blocks"]
+
+#: ``blk_idx``'s width is padded to a multiple of this (as ``col_idx``'s: one compiled variant).
+BLK_IDX_ALIGN = 16
+
+
+class BlockRule(SelectionRule):
+    """Window, the paper's stripes at alpha, and key blocks per query block up to ``beta``.
+
+    Attributes:
+        beta: block-mass target in (0, 1]: the share of each query block's estimated mass that
+            its window plus its chosen key blocks keep. 1 keeps every block (exact attention).
+        key_block: keys per block (a power of two, 16 to 256; stage 3 reads a block as one or
+            more of its key tiles). Query blocks are the config's ``block_m`` rows.
+        stripes: also keep the paper's stripe columns (chosen at the config's alpha); False
+            keeps window and blocks only and skips the sampled rows' passes.
+    """
+
+    summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
+    name: Literal["block"] = "block"
+    beta: float = Field(0.95, gt=0.0, le=1.0)
+    key_block: int = Field(128, ge=16, le=256)
+    stripes: bool = True
+
+    @field_validator("key_block")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"key_block={value} must be a power of two (16, 32, 64, 128 or 256)")
+        return value
+
+    def check(self, config: "SampleAttentionConfig") -> None:
+        if config.segment_rows is not None:
+            raise ValueError("the block rule chooses key blocks per query block; leave segment_rows=None")
+
+    def keeps_everything(self, config: "SampleAttentionConfig") -> bool:
+        return self.beta >= 1.0 or config.window_ratio >= 1.0
+
+    def hash_fields(self) -> dict[str, Any]:
+        return {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes}
+
+    def shape_setup(self, config, *, alpha, window, q_per_sel, head_dim, seqlen_q, seqlen_k, device) -> dict:
+        return {"candidates": candidate_blocks(window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_rows=config.block_m,
+                                               key_block=self.key_block, q_per_sel=q_per_sel).to(device)}
+
+    # -- planning ----------------------------------------------------------------------------
+    def _plan(self, setup, config, q, k, stats, scores, *, keep_scores, reports, retained_of) -> "SparsePlan":
+        import torch
+
+        from sampleattn.planning import make_plan
+
+        if self.stripes:
+            col_idx, col_count = select_stripes(setup, stats)
+        else:
+            col_idx = torch.full((setup.batch, setup.nheads_q // setup.q_per_sel, 1, 16),
+                                 setup.seqlen_k, dtype=torch.int32, device=q.device)
+            col_count = torch.zeros(col_idx.shape[:3], dtype=torch.int32, device=q.device)
+        blocks = select_blocks(scores, setup.extras["candidates"], self.beta, block_rows=config.block_m,
+                               key_block=self.key_block, has_columns=self.stripes)
+        retained = retained_of(col_idx, col_count, blocks) if reports else None
+        return make_plan(setup, config, stats, col_idx, col_count, reports=reports, keep_scores=keep_scores,
+                         blocks=blocks, retained=retained, block_scores=scores if keep_scores else None)
+
+    def plan(self, setup, q, k, config, *, keep_scores, reports) -> "SparsePlan":
+        from sampleattn.kernels import block_scores, sampled_row_stats
+        from sampleattn.planning import row_statistics
+
+        stats = row_statistics(setup, q, k, reports=reports) if self.stripes else None
+        scores = block_scores(q, k, key_block=self.key_block, block_rows=config.block_m, q_per_sel=setup.q_per_sel,
+                              scale=setup.scale)
+
+        def retained_of(col_idx, col_count, blocks):
+            if stats is not None:
+                lse2 = stats.lse2
+            else:
+                lse2, _ = sampled_row_stats(q, k, setup.rows.rows, setup.window_dev, scale=setup.scale,
+                                            block_s=setup.rows.block, window_mass=False)
+            return _retained_kernels(setup, q, k, col_idx, blocks, lse2, config)
+
+        return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
+                          retained_of=retained_of)
+
+    def plan_reference(self, setup, q, k, config, *, keep_scores, reports) -> "SparsePlan":
+        from sampleattn.reference import row_statistics_ref
+
+        stats = row_statistics_ref(setup, q, k) if self.stripes else None
+        scores = block_scores_ref(q, k, key_block=self.key_block, block_rows=config.block_m,
+                                  q_per_sel=setup.q_per_sel, scale=setup.scale)
+
+        def retained_of(col_idx, col_count, blocks):
+            return _retained_reference(setup, q, k, col_idx, col_count, blocks)
+
+        return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
+                          retained_of=retained_of)
+
+    # -- cost and search ---------------------------------------------------------------------
+    def estimation_cost(self, config: "SampleAttentionConfig", plan=None) -> float:
+        # the sampled rows' passes (with stripes), then two q.kbar passes of every row over
+        # 1 / key_block of the keys
+        return (config.sample_ratio if self.stripes else 0.0) + 1.0 / self.key_block
+
+    @classmethod
+    def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"beta": trial.suggest_float("beta", 0.8, 0.995),
+                "key_block": trial.suggest_categorical("key_block", [64, 128]),
+                "stripes": trial.suggest_categorical("stripes", [True, False])}
+
+
+def candidate_blocks(
+    window: "torch.Tensor", *, seqlen_q: int, seqlen_k: int, block_rows: int, key_block: int, q_per_sel: int,
+) -> "torch.Tensor":
+    """(Hsel, n_qblocks) int64: how many leading key blocks of each query block can be chosen,
+    those holding a key left of the window of the block's last row (``c * key_block <=
+    last_pos - w``, with the selection group's narrowest window); the later blocks lie in every
+    such row's window (or beyond the diagonal) and count as the window's."""
+    import torch
+
+    n_qb = -(-seqlen_q // block_rows)
+    n_kb = -(-seqlen_k // key_block)
+    qb = torch.arange(n_qb, dtype=torch.int64)
+    last_pos = seqlen_k - seqlen_q + torch.clamp((qb + 1) * block_rows, max=seqlen_q) - 1
+    w_min = window.to(torch.int64).view(-1, q_per_sel).min(dim=1).values
+    reach = last_pos.view(1, -1) - w_min.view(-1, 1)
+    return torch.clamp(torch.div(reach, key_block, rounding_mode="floor") + 1, min=0, max=n_kb)
+
+
+def select_blocks(
+    scores: "torch.Tensor", candidates: "torch.Tensor", beta: float, *, block_rows: int, key_block: int,
+    has_columns: bool = True, static: bool | None = None,
+) -> "KeyBlocks":
+    """Per query block, the fewest candidate key blocks by descending score whose mass, with
+    the window's (the scores of the blocks after the candidates), reaches ``beta`` of the
+    query block's total.
+
+    Args:
+        scores: (B, Hsel, n_qblocks, n_kblocks) fp32 (`sampleattn.kernels.block_scores`).
+        candidates: (Hsel, n_qblocks) int64 (`candidate_blocks`), on the scores' device.
+        static: pad to ``n_kblocks`` blocks (no host synchronisation) when True; None decides
+            by `sampleattn.selection.uses_static_kmax`.
+    Returns:
+        `KeyBlocks`; with ``beta >= 1`` every candidate block, whatever its score.
+    """
+    import torch
+
+    from sampleattn.planning import KeyBlocks
+    from sampleattn.selection import uses_static_kmax
+
+    batch, n_sel, n_qb, n_kb = scores.shape
+    ids = torch.arange(n_kb, device=scores.device)
+    cand = ids.view(1, 1, -1) < candidates.unsqueeze(-1)  # (Hsel, n_qb, n_kb)
+    total = scores.sum(dim=-1)
+    window_mass = torch.where(cand, 0.0, scores).sum(dim=-1)
+    if beta >= 1.0:
+        ranked = torch.where(cand, 1.0, -1.0).expand(batch, -1, -1, -1)
+    else:
+        ranked = torch.where(cand, scores, -1.0)
+    ordered, order = torch.sort(ranked, dim=-1, descending=True, stable=True)
+    prefix = torch.cumsum(ordered.clamp(min=0.0), dim=-1)
+    need = (beta * total - window_mass).unsqueeze(-1)
+    count = (prefix < need).sum(dim=-1) + 1
+    count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
+    available = (ordered > 0).sum(dim=-1)
+    count = torch.minimum(count, available)
+    if static is None:
+        static = uses_static_kmax(scores.device)
+    kbmax = n_kb if static else max(int(count.max().item()), 1) if count.numel() else 1
+    top = order[..., :kbmax]
+    keep = torch.arange(kbmax, device=scores.device).view(1, 1, 1, -1) < count.unsqueeze(-1)
+    top = torch.where(keep, top, torch.full_like(top, n_kb))
+    blk_idx = torch.sort(top, dim=-1).values.to(torch.int32)
+    width = -(-kbmax // BLK_IDX_ALIGN) * BLK_IDX_ALIGN
+    blk_idx = torch.nn.functional.pad(blk_idx, (0, width - kbmax), value=n_kb)
+    return KeyBlocks(blk_idx=blk_idx.contiguous(), blk_count=count.to(torch.int32), block_rows=block_rows,
+                     key_block=key_block, has_columns=has_columns)
+
+
+def block_scores_ref(
+    q: "torch.Tensor", k: "torch.Tensor", *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
+) -> "torch.Tensor":
+    """Plain-PyTorch oracle of `sampleattn.kernels.block_scores` (same arguments and output):
+    (B, Hsel, n_qblocks, n_kblocks) fp32. Memory O(Sq * n_kblocks) per head."""
+    import torch
+
+    from sampleattn.kernels.block_scores import pooled_keys
+
+    batch, seqlen_q, nheads_q, _ = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    kbar = pooled_keys(k, key_block).float()  # (B, n_kb, Hkv, D)
+    n_kb = kbar.shape[1]
+    kbar = kbar.transpose(1, 2).repeat_interleave(nheads_q // nheads_kv, dim=1)  # (B, Hq, n_kb, D)
+    logits = torch.matmul(q.transpose(1, 2).float(), kbar.transpose(-1, -2)) * scale
+    pos = (seqlen_k - seqlen_q + torch.arange(seqlen_q, device=q.device)).view(-1, 1)
+    first = torch.arange(n_kb, device=q.device).view(1, -1) * key_block
+    size = torch.clamp(seqlen_k - first, max=key_block)
+    visible = torch.minimum(pos - first + 1, size)
+    logits = torch.where(visible > 0, logits + torch.log(visible.clamp(min=1).float()), float("-inf"))
+    share = torch.softmax(logits, dim=-1)  # every row sees block 0: no row is all -inf
+    n_qb = -(-seqlen_q // block_rows)
+    share = torch.nn.functional.pad(share, (0, 0, 0, n_qb * block_rows - seqlen_q))
+    per_block = share.view(batch, nheads_q, n_qb, block_rows, n_kb).sum(dim=3)
+    return per_block.view(batch, nheads_q // q_per_sel, q_per_sel, n_qb, n_kb).sum(dim=2)
+
+
+def _retained_reference(setup: "PlanSetup", q, k, col_idx, col_count, blocks) -> tuple:
+    """(mean, min) (B, Hq) of the sampled rows' exact mass on window ∪ stripes ∪ blocks."""
+    import torch
+
+    from sampleattn.reference import _expand_kv
+
+    rows = setup.rows.valid_rows.to(q.device)
+    pos = (setup.seqlen_k - setup.seqlen_q + rows).view(1, 1, -1, 1)
+    j = torch.arange(setup.seqlen_k, device=q.device).view(1, 1, 1, -1)
+    s = torch.matmul(q[:, rows].transpose(1, 2).float(),
+                     _expand_kv(k, setup.nheads_q).float().transpose(-1, -2)) * setup.scale
+    visible = j <= pos
+    p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
+    mask = _mask_rows(setup, col_idx, blocks, rows)
+    kept = torch.where(mask & visible, p, 0.0).sum(-1).clamp(max=1.0)
+    return kept.mean(-1), kept.min(-1).values
+
+
+def _mask_rows(setup: "PlanSetup", col_idx, blocks, rows) -> "torch.Tensor":
+    """(B, Hq, n, Sk) bool: window ∪ stripes ∪ blocks for some query rows."""
+    import torch
+
+    device = col_idx.device
+    pos = (setup.seqlen_k - setup.seqlen_q + rows).view(1, 1, -1, 1)
+    j = torch.arange(setup.seqlen_k, device=device).view(1, 1, 1, -1)
+    w = setup.window_dev.to(torch.int64).view(1, -1, 1, 1)
+    member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=device)
+    member.scatter_(3, col_idx.to(torch.int64), True)
+    stripes = member[:, :, 0, : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1).unsqueeze(2)
+    chosen = blocks.member(setup.seqlen_k).repeat_interleave(setup.q_per_sel, dim=1)[:, :, rows // blocks.block_rows]
+    return (((j > pos - w) | stripes | chosen) & (j <= pos))
+
+
+def _retained_kernels(setup: "PlanSetup", q, k, col_idx, blocks, lse2, config) -> tuple:
+    """(mean, min) (B, Hq) of the sampled rows' retained mass, from stage 3's log-sum-exp over
+    the mask (an ``lse_only`` pass) against their exact one (stage 1's)."""
+    import torch
+
+    from sampleattn.kernels import sparse_attention_fwd
+
+    _, lse = sparse_attention_fwd(q, k, k, col_idx, setup.window_dev, segment_rows=setup.segment_rows,
+                                  q_per_sel=setup.q_per_sel, scale=setup.scale, block_m=config.block_m,
+                                  block_n=config.block_n, lse_only=True, blk_idx=blocks.blk_idx,
+                                  block_rows=blocks.block_rows, key_block=blocks.key_block,
+                                  has_columns=blocks.has_columns)
+    slots = setup.rows.rows.to(q.device, torch.int64)
+    real = slots >= 0
+    masked = lse[:, :, slots.clamp(min=0)]
+    full = lse2.to(q.device) * math.log(2.0)
+    kept = torch.exp(masked - full).clamp(max=1.0)
+    kept = torch.where(real.view(1, 1, -1), kept, float("nan"))
+    mean = torch.nanmean(kept, dim=-1)
+    low = torch.where(real.view(1, 1, -1), kept, 1.0).min(dim=-1).values
+    return mean, low

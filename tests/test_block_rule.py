@@ -1,0 +1,138 @@
+"""The block rule (`sampleattn.rules.BlockRule`): its kernels against the plain-PyTorch
+reference, its mask and density, and what a user relies on (a target of 1 is exact, planted
+block structure is found, each key is counted once, a config that keeps everything is dense).
+Kernels run natively on a GPU, under TRITON_INTERPRET=1 on the CPU (fp16/fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn.kernels import block_scores
+from sampleattn.reference import attention_ref, causal_mask, plan_ref, sparse_attention_ref
+from sampleattn.rules import BlockRule, RULES
+from sampleattn.rules.block import block_scores_ref
+
+from kernel_helpers import DEVICE, qkv, rel_err
+
+DTYPES = [torch.float16, torch.float32] if DEVICE == "cpu" else [torch.bfloat16, torch.float16]
+
+
+def cfg(rule: BlockRule, **kw) -> SampleAttentionConfig:
+    base = dict(alpha=0.9, window_ratio=0.08, sample_ratio=0.1, dense_below=0, block_m=64, block_n=32)
+    base.update(kw)
+    return SampleAttentionConfig(selection=rule, **base)
+
+
+# (batch, seqlen_q, seqlen_k, Hq, Hkv, D, granularity, key_block, stripes, dtype index)
+GRID = [
+    (1, 300, 300, 4, 4, 64, "query_head", 64, True, 0),
+    (2, 200, 333, 4, 1, 64, "kv_head", 32, True, 1),  # MQA, Sq < Sk, batch 2
+    (1, 257, 257, 8, 2, 128, "kv_head", 64, False, 0),  # GQA 4, no stripes
+    (1, 190, 190, 3, 1, 96, "query_head", 32, True, 1),
+]
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: f"b{c[0]}-{c[1]}x{c[2]}-{c[3]}/{c[4]}-d{c[5]}-{c[6]}-kb{c[7]}"
+                         f"{'-stripes' if c[8] else ''}")
+def test_kernels_match_the_reference(case):
+    batch, sq, sk, hq, hkv, d, gran, kb, stripes, di = case
+    dtype = DTYPES[di]
+    q, k, v = qkv(batch, sq, sk, hq, hkv, d, dtype, seed=sq + kb)
+    config = cfg(BlockRule(beta=0.85, key_block=kb, stripes=stripes), gqa_granularity=gran)
+    q_per_sel = hq // hkv if gran == "kv_head" else 1
+    scores = block_scores(q, k, key_block=kb, block_rows=64, q_per_sel=q_per_sel, scale=d ** -0.5)
+    expected = block_scores_ref(q, k, key_block=kb, block_rows=64, q_per_sel=q_per_sel, scale=d ** -0.5)
+    torch.testing.assert_close(scores, expected, atol=2e-2 if dtype != torch.float32 else 1e-4, rtol=1e-3)
+    # Each query block's shares sum to its (row, head) pairs.
+    rows = torch.clamp(sq - torch.arange(scores.shape[2], device=q.device) * 64, max=64).to(torch.float32)
+    torch.testing.assert_close(scores.sum(-1), (rows * q_per_sel).expand_as(scores.sum(-1)), atol=1e-2, rtol=1e-3)
+    p, p_ref = plan(q, k, config), plan_ref(q, k, config)
+    if dtype == torch.float32:  # the same selection (fp16 scores may break near-ties differently)
+        assert torch.equal(p.blocks.blk_idx, p_ref.blocks.blk_idx)
+        assert torch.equal(p.col_idx, p_ref.col_idx)
+    # The density is exact: the mask's computed pairs over the visible pairs.
+    mask = p.to_dense() & causal_mask(sq, sk, q.device)
+    visible = causal_mask(sq, sk, q.device).sum()
+    torch.testing.assert_close(p.density, (mask.sum((2, 3)) / visible).float(), atol=1e-6, rtol=0)
+    out = sparse_attention(q, k, v, p)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert rel_err(out, sparse_attention_ref(q, k, v, p)) < tol
+    assert rel_err(out, attention_ref(q, k, v, mask=p.to_dense())) < tol
+
+
+def test_a_key_in_a_stripe_a_block_and_the_window_is_counted_once():
+    """Plant one column every row attends to, inside a block every query block chooses: a double
+    count would weigh it twice and move the output away from the masked reference."""
+    q, k, v = qkv(1, 256, 256, 2, 2, 64, torch.float32, seed=3)
+    u = torch.randn(64, generator=torch.Generator().manual_seed(1)).to(q.device)
+    q += u
+    k[:, 40] = 0.5 * u  # key 40: a stripe every row attends to, inside key block 0..63
+    config = cfg(BlockRule(beta=0.7, key_block=64), alpha=0.8, window_ratio=0.1)
+    p = plan(q, k, config)
+    assert any(40 in p.selected_columns(0, h).tolist() for h in range(2))
+    assert bool((p.blocks.blk_idx[0, :, 2:] == 0).any())  # block 0 chosen by a later query block
+    out = sparse_attention(q, k, v, p)
+    assert rel_err(out, attention_ref(q, k, v, mask=p.to_dense())) < 1e-5
+
+
+def test_target_one_is_exact_attention():
+    q, k, v = qkv(1, 200, 200, 4, 2, 64, torch.float32, seed=5)
+    config = cfg(BlockRule(beta=1.0, key_block=32, stripes=False), window_ratio=0.02)
+    p = plan(q, k, config)
+    assert p.mean_density == pytest.approx(1.0)
+    assert rel_err(sparse_attention(q, k, v, p), attention_ref(q, k, v)) < 1e-5
+    # ...and the operator takes it for dense attention (no plan at all)
+    out, none = sample_attention(q, k, v, config, return_plan=True)
+    assert none is None and rel_err(out, attention_ref(q, k, v)) < 1e-5
+
+
+def test_planted_key_blocks_are_found():
+    """Rows of query block t attend to key block (t // 2) far to their left: the rule finds it
+    for every query block, while a window and sinks would not."""
+    torch.manual_seed(0)
+    sq = d = 64
+    n = 512
+    q = torch.randn(1, n, 1, d) * 0.1
+    k = torch.randn(1, n, 1, d) * 0.1
+    v = torch.randn(1, n, 1, d)
+    for t in range(4, n // 64):
+        target = t // 2 - 2
+        direction = torch.randn(d)
+        q[0, t * 64:(t + 1) * 64, 0] += direction * 2.0
+        k[0, target * 64:(target + 1) * 64, 0] += direction * 2.0
+    q, k, v = (x.to(DEVICE, torch.float32) for x in (q, k, v))
+    config = cfg(BlockRule(beta=0.6, key_block=64, stripes=False), window_ratio=0.1)
+    p = plan(q, k, config)
+    for t in range(4, n // 64):
+        chosen = p.blocks.blk_idx[0, 0, t, : int(p.blocks.blk_count[0, 0, t])].tolist()
+        assert t // 2 - 2 in chosen, (t, chosen)
+    out = sample_attention(q, k, v, config)
+    assert rel_err(out, attention_ref(q, k, v)) < 0.05
+    del sq
+
+
+def test_dense_fallback_above_the_density_threshold():
+    q, k, v = qkv(1, 300, 300, 2, 2, 64, torch.float32, seed=7)
+    sparse = cfg(BlockRule(beta=0.99, key_block=64))
+    assert plan(q, k, sparse).mean_density > 0.5  # random inputs: nearly every block
+    out, p = sample_attention(q, k, v, sparse.model_copy(update={"dense_above": 0.5}), return_plan=True)
+    assert p is not None  # the plan was made, then dense attention ran
+    assert rel_err(out, attention_ref(q, k, v)) < 1e-5
+
+
+def test_rule_from_names_json_and_flat_fields():
+    assert SampleAttentionConfig(selection="block").selection == BlockRule()
+    config = SampleAttentionConfig(selection=BlockRule(beta=0.9, key_block=64, stripes=False))
+    again = SampleAttentionConfig.model_validate_json(config.model_dump_json())
+    assert again == config and isinstance(again.selection, BlockRule)
+    old = SampleAttentionConfig.model_validate({"selection": "rescored", "candidate_alpha": 0.995})
+    assert old.selection.candidate_alpha == 0.995
+    assert set(RULES) == {"sampled", "rescored", "block"}
+    with pytest.raises(ValueError, match="not a selection rule"):
+        SampleAttentionConfig(selection="nope")
+    with pytest.raises(ValueError, match="power of two"):
+        BlockRule(key_block=48)
+    with pytest.raises(ValueError, match="segment_rows"):
+        SampleAttentionConfig(selection="block", segment_rows=128)
