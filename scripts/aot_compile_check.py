@@ -41,8 +41,8 @@ def compile_all(path: str) -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     entries = json.load(open(path))
     # The GPU runs bf16 and fp16 inputs: every recorded launch is compiled with its input
-    # tensors (Q, K, V and the compact copies) in bf16 and fp16, each distinct one once, bf16 first.
-    inputs = {"Q", "K", "V", "K_SEL", "V_SEL"}
+    # tensors (Q, K, V, the compact copies and the pooled keys) in bf16 and fp16, each distinct one once, bf16 first.
+    inputs = {"Q", "K", "V", "K_SEL", "V_SEL", "KBAR"}
     variants: dict[str, dict] = {}
     for dtype in ("*bf16", "*fp16"):
         for e in entries:

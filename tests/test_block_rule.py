@@ -136,3 +136,13 @@ def test_rule_from_names_json_and_flat_fields():
         BlockRule(key_block=48)
     with pytest.raises(ValueError, match="segment_rows"):
         SampleAttentionConfig(selection="block", segment_rows=128)
+
+
+@pytest.mark.parametrize("q_per_sel", [1, 2])
+def test_block_scores_whole_tiles_match_the_reference(q_per_sel):
+    """Small tiles of pooled blocks, so that most tiles take the kernel's whole-block path (no
+    mask, constant count term) and the tiles at the diagonal the exact one."""
+    q, k, _ = qkv(1, 400, 400, 2, 1, 64, DTYPES[1], seed=11)
+    kw = dict(key_block=16, block_rows=32, q_per_sel=q_per_sel, scale=0.125)
+    torch.testing.assert_close(block_scores(q, k, block_c=16, **kw), block_scores_ref(q, k, **kw),
+                               atol=1e-4, rtol=1e-3)

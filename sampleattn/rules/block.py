@@ -42,6 +42,9 @@ class BlockRule(SelectionRule):
             more of its key tiles). Query blocks are the config's ``block_m`` rows.
         stripes: also keep the paper's stripe columns (chosen at the config's alpha); False
             keeps window and blocks only and skips the sampled rows' passes.
+        sink_blocks: the first key blocks every query block keeps whatever their score. A mean-
+            pooled key stands badly for a block whose first keys are attention sinks (one key
+            holding most of a row's mass): its mean is an ordinary key, so the estimate misses them.
     """
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
@@ -49,6 +52,7 @@ class BlockRule(SelectionRule):
     beta: float = Field(0.95, gt=0.0, le=1.0)
     key_block: int = Field(128, ge=16, le=256)
     stripes: bool = True
+    sink_blocks: int = Field(1, ge=0)
 
     @field_validator("key_block")
     @classmethod
@@ -65,7 +69,8 @@ class BlockRule(SelectionRule):
         return self.beta >= 1.0 or config.window_ratio >= 1.0
 
     def hash_fields(self) -> dict[str, Any]:
-        return {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes}
+        return {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes,
+                "sink_blocks": self.sink_blocks}
 
     def shape_setup(self, config, *, alpha, window, q_per_sel, head_dim, seqlen_q, seqlen_k, device) -> dict:
         return {"candidates": candidate_blocks(window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_rows=config.block_m,
@@ -84,7 +89,7 @@ class BlockRule(SelectionRule):
                                  setup.seqlen_k, dtype=torch.int32, device=q.device)
             col_count = torch.zeros(col_idx.shape[:3], dtype=torch.int32, device=q.device)
         blocks = select_blocks(scores, setup.extras["candidates"], self.beta, block_rows=config.block_m,
-                               key_block=self.key_block, has_columns=self.stripes)
+                               key_block=self.key_block, has_columns=self.stripes, sink_blocks=self.sink_blocks)
         retained = retained_of(col_idx, col_count, blocks) if reports else None
         return make_plan(setup, config, stats, col_idx, col_count, reports=reports, keep_scores=keep_scores,
                          blocks=blocks, retained=retained, block_scores=scores if keep_scores else None)
@@ -129,7 +134,7 @@ class BlockRule(SelectionRule):
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {"beta": trial.suggest_float("beta", 0.8, 0.995),
+        return {"beta": trial.suggest_float("beta", 0.8, 0.998),
                 "key_block": trial.suggest_categorical("key_block", [64, 128]),
                 "stripes": trial.suggest_categorical("stripes", [True, False])}
 
@@ -154,11 +159,12 @@ def candidate_blocks(
 
 def select_blocks(
     scores: "torch.Tensor", candidates: "torch.Tensor", beta: float, *, block_rows: int, key_block: int,
-    has_columns: bool = True, static: bool | None = None,
+    has_columns: bool = True, sink_blocks: int = 0, static: bool | None = None,
 ) -> "KeyBlocks":
     """Per query block, the fewest candidate key blocks by descending score whose mass, with
     the window's (the scores of the blocks after the candidates), reaches ``beta`` of the
-    query block's total.
+    query block's total; the first ``sink_blocks`` candidates are always among them (ranked
+    first, their scores counted).
 
     Args:
         scores: (B, Hsel, n_qblocks, n_kblocks) fp32 (`sampleattn.kernels.block_scores`).
@@ -178,17 +184,22 @@ def select_blocks(
     cand = ids.view(1, 1, -1) < candidates.unsqueeze(-1)  # (Hsel, n_qb, n_kb)
     total = scores.sum(dim=-1)
     window_mass = torch.where(cand, 0.0, scores).sum(dim=-1)
-    if beta >= 1.0:
-        ranked = torch.where(cand, 1.0, -1.0).expand(batch, -1, -1, -1)
+    if beta >= 1.0:  # every candidate: the first ``candidates`` blocks, in order
+        order = ids.view(1, 1, 1, -1).expand(batch, n_sel, n_qb, -1)
+        count = candidates.view(1, n_sel, n_qb).expand(batch, -1, -1)
     else:
-        ranked = torch.where(cand, scores, -1.0)
-    ordered, order = torch.sort(ranked, dim=-1, descending=True, stable=True)
-    prefix = torch.cumsum(ordered.clamp(min=0.0), dim=-1)
-    need = (beta * total - window_mass).unsqueeze(-1)
-    count = (prefix < need).sum(dim=-1) + 1
-    count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
-    available = (ordered > 0).sum(dim=-1)
-    count = torch.minimum(count, available)
+        forced = cand & (ids.view(1, 1, -1) < sink_blocks)
+        masked = torch.where(cand, scores, -1.0)
+        _, order = torch.sort(torch.where(forced, float("inf"), masked), dim=-1, descending=True, stable=True)
+        ordered = torch.gather(masked.expand(batch, -1, -1, -1), 3, order)
+        prefix = torch.cumsum(ordered.clamp(min=0.0), dim=-1)
+        need = (beta * total - window_mass).unsqueeze(-1)
+        count = (prefix < need).sum(dim=-1) + 1
+        count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
+        n_forced = forced.sum(dim=-1).expand(batch, -1, -1)
+        first = torch.arange(n_kb, device=scores.device).view(1, 1, 1, -1) < n_forced.unsqueeze(-1)
+        available = ((ordered > 0) | first).sum(dim=-1)  # never a zero-score block, but the sinks
+        count = torch.maximum(torch.minimum(count, available), n_forced)
     if static is None:
         static = uses_static_kmax(scores.device)
     kbmax = n_kb if static else max(int(count.max().item()), 1) if count.numel() else 1

@@ -139,7 +139,7 @@ def test_suggested_rule_params_make_a_valid_config():
             assert config.alpha <= rule.candidate_alpha <= 1.0
             assert rule.rescore_stride in (1, 2, 4, 8)
         if rule.name == "block":
-            assert 0.8 <= rule.beta <= 0.995 and rule.key_block in (64, 128)
+            assert 0.8 <= rule.beta <= 0.998 and rule.key_block in (64, 128)
             assert (rule.beta, rule.key_block, rule.stripes) == (params["beta"], params["key_block"], params["stripes"])
         study.tell(trial, 0.0)
     assert seen == {"sampled", "rescored", "block"}
