@@ -10,8 +10,9 @@ dtype, bottom-right causal (query row ``i`` sits at position ``p_i = seqlen_k - 
   selected diagonals cover (contiguous tiles), then the selected columns outside those ranges
   (gathered).
 
-A tile is masked only where it must be (the causal edge, the ends of a range, the sequence end):
-the interior tiles of a range or a block list run without per-element masks.
+The loops have no branches inside (Triton pipelines the loads of such loops only): the block
+list is walked in two loops, the key blocks wholly before the program's rows without a mask,
+then the rest with one; the diagonals' range tiles are all masked (range ends, key 0, causal).
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ def _store_output(O, stride_ob, stride_om, stride_oh, b, h64, offs_m, m_mask, of
              mask=m_mask[:, None] & d_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "stride_ib", "stride_ih", "stride_iq", "stride_cb", "stride_ch"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "stride_ib", "stride_ih", "stride_iq", "stride_cb", "stride_ch",
+                               "stride_fb", "stride_fh"])
 def block_sparse_attention_kernel(
-    Q, K, V, O, KV_IDX, KV_COUNT,
+    Q, K, V, O, KV_IDX, KV_COUNT, KV_FULL,
     stride_qb, stride_qm, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
     stride_ob, stride_om, stride_oh,
     stride_ib, stride_ih, stride_iq,
     stride_cb, stride_ch,
+    stride_fb, stride_fh,
     nheads_q, seqlen_q, seqlen_k, qk_scale, q_per_kv,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, Q_BLOCK: tl.constexpr, KEY_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -80,8 +83,10 @@ def block_sparse_attention_kernel(
 
     Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); KV_IDX (B, Hq, n_qblocks, max_blocks)
     int32, the key blocks (of KEY_BLOCK keys) of query block ``rows // Q_BLOCK``, ascending, the
-    first KV_COUNT[b, h, qb] of them valid. BLOCK_M divides Q_BLOCK and BLOCK_N divides KEY_BLOCK:
-    a selection block is several tiles. Keys after a row's position are masked (causal).
+    first KV_COUNT[b, h, qb] of them valid; KV_FULL (B, Hq, n_programs) int32: how many of those
+    lie wholly at or before the program's first row (they need no mask). BLOCK_M divides Q_BLOCK
+    and BLOCK_N divides KEY_BLOCK: a selection block is several tiles. Keys after a row's
+    position are masked (causal).
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     tl.static_assert(Q_BLOCK % BLOCK_M == 0)
@@ -99,8 +104,6 @@ def block_sparse_attention_kernel(
     d_mask = offs_d < HEAD_DIM
     m_mask = offs_m < seqlen_q
     pos = seqlen_k - seqlen_q + offs_m
-    first_pos = seqlen_k - seqlen_q + row0
-    last_pos = seqlen_k - seqlen_q + tl.minimum(row0 + BLOCK_M, seqlen_q) - 1
 
     q = tl.load(Q + b * stride_qb + h64 * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)
@@ -113,19 +116,22 @@ def block_sparse_attention_kernel(
     qb = row0 // Q_BLOCK
     idx_base = KV_IDX + b * stride_ib + h64 * stride_ih + qb * stride_iq
     count = tl.load(KV_COUNT + b * stride_cb + h64 * stride_ch + qb)
-    for e in range(0, count):
+    n_full = tl.load(KV_FULL + b * stride_fb + h64 * stride_fh + pid_m)
+    # Two loops without branches inside (so that Triton pipelines their loads): first the key
+    # blocks that lie wholly at or before the program's first row (no mask), then the rest
+    # (causal mask, sequence end).
+    for e in range(0, n_full):
         kb = tl.load(idx_base + e)
         for t in tl.static_range(KEY_BLOCK // BLOCK_N):
-            n0 = kb * KEY_BLOCK + t * BLOCK_N
-            if n0 <= last_pos:  # a tile after every row of this program is skipped
-                if (n0 + BLOCK_N - 1 <= first_pos) & (n0 + BLOCK_N <= seqlen_k):
-                    acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0, 0,
-                                              seqlen_k, pos, offs_d, d_mask, qk_scale, BLOCK_N=BLOCK_N,
-                                              MASKED=False, DOT_PRECISION=DOT_PRECISION)
-                else:
-                    acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0, 0,
-                                              seqlen_k, pos, offs_d, d_mask, qk_scale, BLOCK_N=BLOCK_N,
-                                              MASKED=True, DOT_PRECISION=DOT_PRECISION)
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
+                                      kb * KEY_BLOCK + t * BLOCK_N, 0, seqlen_k, pos, offs_d, d_mask, qk_scale,
+                                      BLOCK_N=BLOCK_N, MASKED=False, DOT_PRECISION=DOT_PRECISION)
+    for e in range(n_full, count):
+        kb = tl.load(idx_base + e)
+        for t in tl.static_range(KEY_BLOCK // BLOCK_N):
+            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn,
+                                      kb * KEY_BLOCK + t * BLOCK_N, 0, seqlen_k, pos, offs_d, d_mask, qk_scale,
+                                      BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
     _store_output(O, stride_ob, stride_om, stride_oh, b, h64, offs_m, m_mask, offs_d, d_mask, acc, l_i)
 
 
@@ -188,22 +194,17 @@ def vertical_slash_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # (a) the diagonals' key ranges, one tile at a time: unmasked where the whole tile is in the
-    # range, after key 0 and at or before every row's position.
+    # (a) the diagonals' key ranges, one tile at a time. Every tile is masked (its range ends, key
+    # 0, the causal edge): a branch inside the loop would keep Triton from pipelining its loads.
     tile_base = b * stride_tb + h64 * stride_th
     first = tl.load(TILE_FIRST + b * stride_fb + h64 * stride_fh + pid_m)
     count = tl.load(TILE_COUNT + b * stride_nb + h64 * stride_nh)
     for t in range(first, count):
         n0 = first_pos - tl.load(TILE_OFF + tile_base + t)
         hi = n0 + tl.load(TILE_LEN + tile_base + t)
-        if (n0 >= 0) & (hi == n0 + BLOCK_N) & (hi - 1 <= first_pos):
-            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0, n0, hi, pos,
-                                      offs_d, d_mask, qk_scale, BLOCK_N=BLOCK_N, MASKED=False,
-                                      DOT_PRECISION=DOT_PRECISION)
-        else:
-            acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0,
-                                      tl.maximum(n0, 0), tl.minimum(hi, seqlen_k), pos, offs_d, d_mask, qk_scale,
-                                      BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION)
+        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0, tl.maximum(n0, 0),
+                                  tl.minimum(hi, seqlen_k), pos, offs_d, d_mask, qk_scale, BLOCK_N=BLOCK_N,
+                                  MASKED=True, DOT_PRECISION=DOT_PRECISION)
 
     # (b) the selected columns that no range of this block covers, gathered.
     col_base = COLS + b * stride_vcb + h64 * stride_vch

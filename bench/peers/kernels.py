@@ -4,7 +4,7 @@ pick tiles, launch. The selections they consume are built by `vertical_slash.py`
 
 Tiles on the H200 (bf16): 128x64 tiles with 8 warps for FlexPrefill's 128x128 blocks, 64x64 with
 4 warps for MInference's 64-row query blocks (its slashes become 64-key ranges); 2 pipeline
-stages (`scripts/aot_compile_check.py` checks that every variant fits the 227 KiB of shared
+stages, loops without branches inside (`scripts/aot_compile_check.py` checks that every variant fits the 227 KiB of shared
 memory of one block).
 """
 
@@ -48,6 +48,19 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                          "split the batch")
 
 
+def _blocks_before(kv_idx: torch.Tensor, kv_count: torch.Tensor, *, seqlen_q: int, seqlen_k: int, q_block: int,
+                   key_block: int, block_m: int) -> torch.Tensor:
+    """(B, H, n_programs) int32: for each program of ``block_m`` rows, how many of its query
+    block's listed key blocks end at or before its first row's position (the leading entries:
+    the lists ascend), so that the kernel runs them without a mask."""
+    n_programs = triton.cdiv(seqlen_q, block_m)
+    first_pos = torch.arange(n_programs, device=kv_idx.device) * block_m + (seqlen_k - seqlen_q)
+    below = ((first_pos + 1) // key_block).view(1, 1, -1, 1)  # key blocks < this end by first_pos
+    qb = torch.arange(n_programs, device=kv_idx.device) * block_m // q_block
+    listed = torch.arange(kv_idx.shape[-1], device=kv_idx.device) < kv_count[:, :, qb].unsqueeze(-1)
+    return ((kv_idx[:, :, qb] < below) & listed).sum(-1, dtype=torch.int32).contiguous()
+
+
 def block_sparse_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_idx: torch.Tensor, kv_count: torch.Tensor, *,
     q_block: int, key_block: int, scale: float | None = None, block_m: int | None = None,
@@ -80,16 +93,19 @@ def block_sparse_fwd(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     kv_idx = kv_idx.to(torch.int32).contiguous()
     kv_count = kv_count.to(torch.int32).contiguous()
+    kv_full = _blocks_before(kv_idx, kv_count, seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_block=q_block,
+                             key_block=key_block, block_m=block_m)
     out = torch.empty_like(q)
     grid = (triton.cdiv(seqlen_q, block_m), batch * nheads_q)
     block_sparse_attention_kernel[grid](
-        q, k, v, out, kv_idx, kv_count,
+        q, k, v, out, kv_idx, kv_count, kv_full,
         batch_stride(q), q.stride(1), q.stride(2),
         batch_stride(k), k.stride(1), k.stride(2),
         batch_stride(v), v.stride(1), v.stride(2),
         batch_stride(out), out.stride(1), out.stride(2),
         batch_stride(kv_idx), kv_idx.stride(1), kv_idx.stride(2),
         batch_stride(kv_count), kv_count.stride(1),
+        batch_stride(kv_full), kv_full.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, Q_BLOCK=q_block, KEY_BLOCK=key_block, BLOCK_M=block_m,
         BLOCK_N=block_n, DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
