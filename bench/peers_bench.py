@@ -25,9 +25,10 @@ defaults and named presets plus the operator at the paper's setting. Add more wi
 
 Rows go to ``OUT/results.jsonl`` as they finish and to ``OUT/peers.json`` (rows, environment,
 notes); a table is printed last. ``--dry-run``: the CPU, TRITON_INTERPRET=1, fp32, SmolLM2's own
-geometry, 2K tokens unless ``--lengths`` says otherwise, one untimed-warm-up repeat, PyTorch's
-default SDPA in place of cuDNN (``substitute`` says so): a check of every code path, not a
-measurement.
+geometry, 512 tokens unless ``--lengths`` says otherwise (FlexPrefill runs dense up to 1024
+tokens; ``--lengths 1100`` takes its sparse path; the interpreter needs minutes at 2K), one
+repeat without warm-up, PyTorch's default SDPA in place of cuDNN (``substitute`` says so): a
+check of every code path, not a measurement.
 """
 
 from __future__ import annotations
@@ -322,7 +323,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.peers_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                        help="comma list of lengths (default 131072; 2048 with --dry-run)")
+                        help="comma list of lengths (default 131072; 512 with --dry-run)")
     parser.add_argument("--inputs", choices=("smollm2", "synthetic"), default="smollm2")
     parser.add_argument("--geometry", default=None, help="llama3 (default), chatglm2, smollm2 (dry-run default)")
     parser.add_argument("--methods", default=None, help="comma list of substrings: only the methods whose name has one")
@@ -338,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, methods: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.lengths is None:
-        args.lengths = [2048] if args.dry_run else [131072]
+        args.lengths = [512] if args.dry_run else [131072]
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel module is imported
     import torch

@@ -8,6 +8,7 @@ not multiples of the blocks; fp32 and fp16 (the interpreter gets bf16 wrong).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -79,6 +80,8 @@ def test_vertical_slash_kernel_and_estimate_match_the_definition(case):
     _check_against(out, q, k, v, mask)
     # The kernel's ranges are exactly the cover's: the tiles of each block, expanded, give the
     # keys whose distance from the block start is covered.
+    plan = dataclasses.replace(plan, **{f.name: getattr(plan, f.name).cpu() for f in dataclasses.fields(plan)
+                                        if isinstance(getattr(plan, f.name), torch.Tensor)})
     starts = plan.block_starts()
     for m in range(len(starts)):
         s = int(starts[m])
@@ -94,8 +97,9 @@ def test_vertical_slash_kernel_and_estimate_match_the_definition(case):
 
 def test_vertical_slash_keeping_everything_is_exact_attention():
     q, k, v = _inputs(1, 230, 230, 4, 2, 64)
-    out, info = vertical_slash_attention(q, k, v, vertical_size=230, slash_size=8, block_m=32, block_n=32)
-    assert info["density"] == 1.0
+    out, info = vertical_slash_attention(q, k, v, vertical_size=230, slash_size=8, block_m=32, block_n=32,
+                                         time_stages=True)
+    assert info["density"] == 1.0 and info["estimate_ms"] > 0 and info["attention_ms"] > 0
     assert relative_error(out, attention_ref(q.double(), k.double(), v.double())) < 1e-5
     out, info = vertical_slash_attention(q, k, v, vertical_size=30, slash_size=230, block_m=32, block_n=32)
     assert info["density"] == 1.0
@@ -151,13 +155,13 @@ def test_block_sparse_kernel_on_arbitrary_blocks_and_chunked_prefill():
     block = 64
     nq, nk = -(-150 // block), -(-290 // block)
     gen = torch.Generator().manual_seed(3)
-    blocks = torch.rand(2, 4, nq, nk, generator=gen) < 0.5
+    blocks = (torch.rand(2, 4, nq, nk, generator=gen) < 0.5).to(DEVICE)
     blocks[0, 1, 1] = False  # a query block with no key block
     kv_idx, kv_count = block_mask_layout(blocks)
     out = block_sparse_fwd(q, k, v, kv_idx, kv_count, q_block=block, key_block=block, block_m=32, block_n=32)
-    j = torch.arange(290)
-    rows = torch.arange(150)
-    mask = blocks[:, :, rows // block][..., j // block] & causal_mask(150, 290)
+    j = torch.arange(290, device=DEVICE)
+    rows = torch.arange(150, device=DEVICE)
+    mask = blocks[:, :, rows // block][..., j // block] & causal_mask(150, 290, DEVICE)
     _check_against(out, q, k, v, mask)
     assert torch.count_nonzero(out[0, 64:128, 1]) == 0
 

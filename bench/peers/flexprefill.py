@@ -19,8 +19,10 @@ every visible key):
 
 Attention: `block_sparse_fwd` over the union, causal inside the diagonal blocks.
 
-Defaults as released (the repository's example and experiment scripts): gamma 0.9, tau 0.1,
-block size 128, min_budget 1024 tokens, no max budget. As released, inputs of at most
+Defaults as released: gamma 0.9, tau 0.1, block size 128, min_budget 1024 tokens, no max budget
+(the example of ``flex_prefill_attention.py``; the README's examples take min_budget 512, the
+repository's RULER and InfiniteBench scripts gamma 0.95 with min_budget 1024: presets
+"min-budget512" and "gamma0.95"). As released, inputs of at most
 ``max(2 * block_size, min_budget rounded up to blocks)`` tokens run dense attention (here: the
 block-sparse kernel over every causal block, ``info["dense"]`` True), and ``seqlen_q`` must equal
 ``seqlen_k``. Batches are supported (the released code takes batch 1); the diagonal pooling is by
@@ -44,9 +46,11 @@ __all__ = ["DEFAULTS", "PRESETS", "BlockSparsePlan", "flexprefill_attention", "f
 
 DEFAULTS = dict(gamma=0.9, tau=0.1, min_budget=1024, max_budget=None, block_size=128)
 
-#: Named presets: the defaults, and higher coverage targets for the accuracy end.
+#: Named presets: the defaults, the README's smaller minimum budget, the evaluation scripts'
+#: gamma, and a higher coverage target for the accuracy end.
 PRESETS = {
     "default": {},
+    "min-budget512": dict(min_budget=512),
     "gamma0.95": dict(gamma=0.95),
     "gamma0.99": dict(gamma=0.99),
 }
@@ -257,11 +261,10 @@ def flexprefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     plan = flexprefill_plan(q, k, scale=scale, **params)
     planned = _now(q.device) if time_stages else 0.0
     out = flexprefill_sparse(q, k, v, plan, scale=scale)
-    info: dict = {"peer": "flexprefill", "preset": preset or "default", **params, "dense": plan.dense,
-                  "query_aware_share": float(plan.query_aware.float().mean())}
+    info: dict = {"peer": "flexprefill", "preset": preset or "default", **params, "dense": plan.dense}
     if time_stages:
         done = _now(q.device)
         info.update(estimate_ms=(planned - started) * 1e3, attention_ms=(done - planned) * 1e3)
     if with_density:
-        info["density"] = plan.density()
+        info.update(density=plan.density(), query_aware_share=float(plan.query_aware.float().mean()))
     return out, info

@@ -267,8 +267,8 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             block_m, block_n).
         time_stages: synchronise around each stage and report ``estimate_ms``/``attention_ms``
             (wall clock after a device sync: one call, no repeats).
-        with_density: compute ``info["density"]`` (a few passes over the selection; leave it out
-            of timed calls).
+        with_density: compute ``info["density"]`` and the tile count (a few passes over the
+            selection and a device sync; leave them out of timed calls).
     Returns:
         out (B, Sq, Hq, D) in q's dtype, and info: density (pairs in the mask / visible causal
         pairs), the parameters, the budgets actually used and the tiles per head.
@@ -279,11 +279,10 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     planned = _now(q.device) if time_stages else 0.0
     out = vertical_slash_sparse(q, k, v, plan, scale=scale)
     info: dict = {"peer": "vertical_slash", "preset": preset or "released", **params,
-                  "vertical_used": plan.cols.shape[-1], "slash_used": plan.offsets.shape[-1],
-                  "tiles_per_head_mean": float(plan.tile_count.float().mean())}
+                  "vertical_used": plan.cols.shape[-1], "slash_used": plan.offsets.shape[-1]}
     if time_stages:
         done = _now(q.device)
         info.update(estimate_ms=(planned - started) * 1e3, attention_ms=(done - planned) * 1e3)
     if with_density:
-        info["density"] = plan.density()
+        info.update(density=plan.density(), tiles_per_head_mean=float(plan.tile_count.float().mean()))
     return out, info
