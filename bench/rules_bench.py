@@ -43,17 +43,42 @@ def _config(alpha, window, sample, rule=None, **kw) -> SampleAttentionConfig:
 METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("sampled a0.95 w8% s5%", _config(0.95, 0.08, 0.05)),
     ("sampled a0.99 w8% s5%", _config(0.99, 0.08, 0.05)),
-    ("block b0.90 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.90))),
-    ("block b0.95 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95))),
-    ("block b0.98 a0.9 w8% s5% kb128", _config(0.9, 0.08, 0.05, BlockRule(beta=0.98))),
-    ("block b0.95 a0.8 w4% s2% kb128", _config(0.8, 0.04, 0.02, BlockRule(beta=0.95))),
-    ("block b0.98 a0.8 w4% s2% kb128", _config(0.8, 0.04, 0.02, BlockRule(beta=0.98))),
-    ("block b0.95 nostripes w4% kb128", _config(0.9, 0.04, 0.05, BlockRule(beta=0.95, stripes=False))),
-    ("block b0.98 nostripes w4% kb128", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, stripes=False))),
-    ("block b0.99 nostripes w2% kb128", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, stripes=False))),
-    ("block b0.95 a0.9 w8% s5% kb64", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95, key_block=64))),
-    ("block b0.98 nostripes w4% kb64", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, key_block=64, stripes=False))),
+    ("block b0.95 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95))),
+    ("block b0.98 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.98))),
+    ("block b0.99 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.99))),
+    ("block b0.995 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.995))),
+    ("block b0.99 a0.9 w4% s2%", _config(0.9, 0.04, 0.02, BlockRule(beta=0.99))),
+    ("block b0.995 a0.8 w4% s2%", _config(0.8, 0.04, 0.02, BlockRule(beta=0.995))),
+    ("block b0.95 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.95, stripes=False))),
+    ("block b0.98 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, stripes=False))),
+    ("block b0.99 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False))),
+    ("block b0.995 nostripes w8%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.995, stripes=False))),
+    ("block b0.97 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97, stripes=False))),
+    ("block b0.98 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, stripes=False))),
+    ("block b0.99 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, stripes=False))),
+    ("block b0.985 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.985, stripes=False))),
+    ("block b0.993 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.993, stripes=False))),
+    ("block b0.99 nostripes w4% sinks2", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, sink_blocks=2))),
+    ("block b0.99 nostripes w4% kb64", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, key_block=64))),
 ]
+
+#: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's
+#: vertical-slash and FlexPrefill, reimplemented), as (name, module function, preset).
+PEERS = [("MInference vertical-slash, as released", "vertical_slash_attention", "released"),
+         ("MInference vertical-slash, budgets x2", "vertical_slash_attention", "budget-x2"),
+         ("FlexPrefill, defaults", "flexprefill_attention", "default"),
+         ("FlexPrefill, gamma 0.99", "flexprefill_attention", "gamma0.99")]
+
+
+def peer_methods() -> list[tuple[str, Callable]]:
+    """`PEERS` as ``(name, fn(q, k, v, timed) -> (out, info))``: timed calls skip the density."""
+    from . import peers
+
+    def method(function: str, preset: str) -> Callable:
+        fn = getattr(peers, function)
+        return lambda q, k, v, timed=False: fn(q, k, v, preset=preset, with_density=not timed)
+
+    return [(name, method(function, preset)) for name, function, preset in PEERS]
 
 
 def _time(fn, device, repeat):
@@ -88,7 +113,8 @@ def measure_config(name: str, config: SampleAttentionConfig, q, k, v, rows, exac
 
 
 def measure_callable(name: str, fn: Callable, q, k, v, rows, exact, cudnn_ms, *, repeat: int) -> dict:
-    """Check, then time, a method given as ``fn(q, k, v) -> out`` or ``-> (out, info)``."""
+    """Check, then time, a method given as ``fn(q, k, v, timed) -> out`` or ``-> (out, info)``
+    (``timed=True`` for the timed calls: no reports)."""
     device = q.device
     started = time.perf_counter()
     result = fn(q, k, v)
@@ -97,7 +123,7 @@ def measure_callable(name: str, fn: Callable, q, k, v, rows, exact, cudnn_ms, *,
     row = {"method": name, "first_call_s": time.perf_counter() - started, "error": relative_error(out[:, rows], exact),
            "nan": bool(torch.isnan(out).any()), **{k_: v_ for k_, v_ in info.items() if isinstance(v_, (int, float, str))}}
     del out
-    row["total_ms"] = _time(lambda: fn(q, k, v), device, repeat)
+    row["total_ms"] = _time(lambda: fn(q, k, v, timed=True), device, repeat)
     row["speedup_vs_cudnn"] = cudnn_ms / row["total_ms"] if cudnn_ms else None
     return row
 
@@ -110,6 +136,7 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--error-rows", type=int, default=256)
     parser.add_argument("--dry-run", action="store_true", help="tiny length and SmolLM2's geometry (CPU)")
+    parser.add_argument("--peers", action="store_true", help="also time the peers (PEERS) on the same inputs")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
@@ -122,6 +149,8 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     methods = [(n, c) for n, c in METHODS if not args.methods or any(s in n for s in args.methods.split(","))]
     if args.dry_run:
         methods = [(n, c.model_copy(update={"block_m": 64, "block_n": 32})) for n, c in methods[:4:2]]
+    if args.peers:
+        extra_methods = list(extra_methods or []) + peer_methods()
     layer_sets = {b: h.smollm2_layers_for(geometry, bands[b]) for b in wanted}
     captured = h.capture_smollm2(seqlen, sorted({x for s in layer_sets.values() for x in s}), device=device)
     (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
