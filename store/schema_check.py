@@ -46,9 +46,11 @@ def quick_check(engine: Engine, url: str) -> None:
     """
     try:
         with engine.connect() as connection:
-            problems = [str(row[0]) for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
+            rows = connection.exec_driver_sql("PRAGMA quick_check").fetchall()
     except SQLAlchemyError as exc:
         raise from_db_error(exc, url) from exc
+    # one line each, without SQLite's "*** in database main ***" heading
+    problems = [" ".join(str(row[0]).replace("*** in database main ***", "").split()) for row in rows]
     if problems != ["ok"]:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise corrupt_error(masked(url), f"SQLite's integrity check: {shown}")
