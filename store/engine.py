@@ -166,8 +166,9 @@ def open_engine(url_text: str, *, readonly: bool, create: bool, busy_timeout_s: 
         else:
             path = Path(database)
             created = _check_location(path, readonly=readonly, create=create)
-            if readonly and reader_mode(path) != "plain":
-                url = _reader_uri(url, path, immutable=reader_mode(path) == "immutable")
+            mode = reader_mode(path) if readonly else "plain"
+            if mode != "plain":
+                url = _reader_uri(url, path, immutable=mode == "immutable")
         kwargs["connect_args"] = {"timeout": busy_timeout_s}
     else:
         kwargs["pool_pre_ping"] = True
