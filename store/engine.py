@@ -111,7 +111,7 @@ def reader_mode(path: Path) -> str:
     """How a reader opens the SQLite file ``path``: ``plain``, ``ro`` or ``immutable``.
 
     See the module docstring: ``plain`` where the file and its folder are writable, else
-    ``ro`` when a writer's write-ahead log is there, else ``immutable``.
+    ``ro`` when a writer's ``-shm`` (or a non-empty ``-wal``) is there, else ``immutable``.
     """
     if writable(path) and writable(path.parent):
         return "plain"
