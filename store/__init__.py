@@ -41,6 +41,8 @@ _EXPORTS = {
     "search_space_from_distributions": "schemas",
     "StoreError": "errors",
     "StoreNotFoundError": "errors",
+    "StorePermissionError": "errors",
+    "StoreDiskFullError": "errors",
     "ReadOnlyStoreError": "errors",
     "ModelNotFoundError": "errors",
     "RunNotFoundError": "errors",

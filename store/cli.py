@@ -352,7 +352,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
                 data = handle.read()
         except OSError as exc:
             raise ImportFormatError(f"cannot read {args.file}: {exc.strerror}") from None
-    from sampleattn.store.store import _read_export
+    from sampleattn.store.transfer import read_export as _read_export
 
     export = _read_export(data)  # validate before creating or opening anything for writing
     with _open(args, write=True, create=True) as store:

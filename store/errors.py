@@ -1,7 +1,8 @@
 """Exceptions of the profile store.
 
 Every error the store raises on purpose is a `StoreError`; the CLI maps them to exit codes
-(`StoreError` -> 1, `SchemaError` and `CorruptStoreError` -> 3). Invalid payloads (a config that
+(`StoreError` -> 1, among them `StorePermissionError` and `StoreDiskFullError`; `SchemaError`
+and `CorruptStoreError` -> 3). Invalid payloads (a config that
 does not validate, a NaN metric) raise pydantic's `ValidationError`, a `ValueError`, before
 anything is written.
 """
@@ -16,8 +17,10 @@ __all__ = [
     "SchemaError",
     "SchemaTooNewError",
     "SchemaTooOldError",
+    "StoreDiskFullError",
     "StoreError",
     "StoreNotFoundError",
+    "StorePermissionError",
     "ModelNotFoundError",
     "ImportFormatError",
     "ProfileDistanceWarning",
@@ -75,6 +78,16 @@ class CorruptStoreError(StoreError):
     """
 
     exit_code = 3
+
+
+class StorePermissionError(StoreError):
+    """This user may not read or write the store's file or folder (or the database role lacks a
+    privilege). The message names the path and what to do; nothing was written."""
+
+
+class StoreDiskFullError(StoreError):
+    """The disk holding the store (or the database server's) is full: the failed call wrote
+    nothing (its transaction was rolled back)."""
 
 
 class ProfileDistanceWarning(UserWarning):

@@ -37,7 +37,7 @@ def _configure(**kwargs) -> None:
 
 
 def _url() -> str:
-    from sampleattn.store.store import default_url, normalize_url
+    from sampleattn.store.engine import default_url, normalize_url
 
     url = config.get_main_option("sqlalchemy.url")
     if url:

@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from unprivileged import public_dir  # noqa: E402,F401  (a fixture: a folder under /tmp for uid 65534)
+
 
 @pytest.fixture(scope="session")
 def pg_base_url() -> str:
