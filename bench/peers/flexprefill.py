@@ -42,7 +42,7 @@ from ._scores import diagonal_sums, last_rows_softmax
 from .kernels import block_sparse_fwd
 
 __all__ = ["DEFAULTS", "PRESETS", "BlockSparsePlan", "flexprefill_attention", "flexprefill_params",
-           "flexprefill_plan", "block_mask_layout"]
+           "flexprefill_plan", "flexprefill_sparse", "block_mask_layout"]
 
 DEFAULTS = dict(gamma=0.9, tau=0.1, min_budget=1024, max_budget=None, block_size=128)
 

@@ -38,7 +38,7 @@ from ._scores import diagonal_sums, last_rows_softmax
 from .kernels import vertical_slash_fwd
 
 __all__ = ["DEFAULTS", "PRESETS", "VerticalSlashPlan", "vertical_slash_attention", "vertical_slash_estimate",
-           "vertical_slash_plan", "vertical_slash_params"]
+           "vertical_slash_params", "vertical_slash_plan", "vertical_slash_sparse"]
 
 #: MInference's released defaults: the budget of a head without a searched pattern (1000 columns,
 #: 6096 diagonals), 64 estimating rows, 30 forced sink columns, 100 forced local diagonals, 64-row
