@@ -644,7 +644,7 @@ def _capture(options: TuneOptions, spec, device: str, model, tokenizer, out: Tex
         before = cache.stats.captures
         samples[length] = cache.get_or_capture_many(model, tokenizer, text=text, length=length,
                                                     samples=options.samples, seed=options.seed,
-                                                    model_name=spec.name)
+                                                    model_name=spec.name, progress=options.progress)
         captured = cache.stats.captures - before
         _say(out, f"calibration {format_length(length)}: {options.samples} sample(s) of {source} "
                   f"({captured} captured, {options.samples - captured} from the cache {cache.root}) "
