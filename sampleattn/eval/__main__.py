@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--needle-methods", default=None,
                      help="families run on the needle task, e.g. full,sample_attention,window (default all)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--out", required=True, help="output folder")
     rep = sub.add_parser("report", help="merge results.json files into one table and plots")
     rep.add_argument("inputs", nargs="+", help="results.json files or folders holding one")
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     def save_partial(partial) -> None:  # a run cut off (time limit) keeps its rows
         (out / "results.partial.json").write_text(json.dumps(partial.to_dict(), default=str))
 
-    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial, start=_START)
+    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial, start=_START,
+                      progress=not args.no_progress)
     result.meta["seconds"] = round(time.time() - t0, 1)
     result.meta["command"] = "sattn-eval " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = write_outputs(result.to_dict(), args.out)
