@@ -2,8 +2,8 @@
 
 * Time left: at the start of each test file, after its name, ``[1 min 10 s so far, ~4 min
   left]``. The estimate sums the durations the same tests took in the previous run (kept in
-  pytest's cache, ``.pytest_cache``), scaled by how fast this run goes so far; tests never timed
-  count at the median. The first run, without a cache, extrapolates from the tests done.
+  pytest's cache, ``.pytest_cache``), scaled by how fast this run goes so far (`estimate_left`);
+  the first run, without a cache, extrapolates from the tests done.
   Shown at pytest's default verbosity (file names with dots), which is what ``make test`` uses.
 * PostgreSQL: when ``scripts/test-with-postgres.sh`` started a throwaway server for this run
   (``SATTN_PG_STOP_AT_END=1``), it is stopped in the terminal summary and one line says so,
@@ -39,24 +39,27 @@ def format_seconds(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
-def estimate_left(remaining: list[str], done: list[str], elapsed: float, cached: dict[str, float]) -> float | None:
+def estimate_left(remaining: list[str], done: dict[str, float], cached: dict[str, float]) -> float | None:
     """Seconds left for the ``remaining`` node ids, or ``None`` when nothing is known yet.
 
-    With durations of a previous run, the remaining tests' durations (the median for a test not
-    timed then) are scaled by this run's pace on the tests done (elapsed over their cached sum,
-    kept within 0.5x-2x); without, the mean time of the tests done so far.
+    ``done``: this run's durations so far; ``cached``: the previous run's. A test timed before
+    counts its previous duration, scaled by this run's pace on the tests done that were timed
+    before too (a loaded machine runs slower; kept within 0.25x-4x). A test never timed counts
+    the mean duration of this run's tests so far (the previous run's median before any is done).
     """
     if not remaining:
         return 0.0
-    if cached:
-        typical = statistics.median(cached.values())
-        left = sum(cached.get(n, typical) for n in remaining)
-        before = sum(cached.get(n, typical) for n in done)
-        pace = min(2.0, max(0.5, elapsed / before)) if done and before > 0 and elapsed > 5 else 1.0
-        return left * pace
-    if not done:
+    both = [n for n in done if n in cached]
+    before = sum(cached[n] for n in both)
+    pace = min(4.0, max(0.25, sum(done[n] for n in both) / before)) if before > 1.0 else 1.0
+    if done:
+        unknown_rate: float | None = sum(done.values()) / len(done)
+    else:
+        unknown_rate = statistics.median(cached.values()) if cached else None
+    unknown = [n for n in remaining if n not in cached]
+    if unknown and unknown_rate is None:
         return None
-    return elapsed / len(done) * len(remaining)
+    return sum(cached[n] * pace for n in remaining if n in cached) + len(unknown) * (unknown_rate or 0.0)
 
 
 class SessionProgress:
@@ -86,10 +89,9 @@ class SessionProgress:
         self.current_file = file
         if reporter.showlongtestinfo or not reporter.showfspath:
             return
-        done = [n for n in self.items if n in self.durations]
         remaining = [n for n in self.items if n not in self.durations]
         elapsed = time.monotonic() - self.started
-        left = estimate_left(remaining, done, elapsed, self.cached)
+        left = estimate_left(remaining, self.durations, self.cached)
         text = f"[{format_seconds(elapsed)} so far" + (f", ~{format_seconds(left)} left] " if left is not None
                                                           else "] ")
         reporter.write(text, cyan=True)
