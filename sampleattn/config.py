@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .config_errors import DescribedModel
 from .rules import LEGACY_FIELDS, SelectionRuleField, rule_from
 
 __all__ = [
@@ -37,7 +38,7 @@ def ceil_ratio(ratio: float, length: int) -> int:
     return int(-(-round(ratio * length, 9) // 1))
 
 
-class SampleAttentionConfig(BaseModel):
+class SampleAttentionConfig(DescribedModel):
     """Hyperparameters of SampleAttention for one layer (all fields keyword-only).
 
     Attributes:
@@ -72,17 +73,17 @@ class SampleAttentionConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: float = Field(0.95, gt=0.0, le=1.0)
-    window_ratio: float = Field(0.08, ge=0.0, le=1.0)
-    sample_ratio: float = Field(0.05, gt=0.0, le=1.0)
-    gqa_granularity: GQAGranularity = "query_head"
-    dense_below: int = Field(32_768, ge=0)
-    block_m: int = Field(128, ge=16, le=256)
-    block_n: int = Field(128, ge=16, le=256)
-    sample_block: int = Field(16, ge=16, le=128)
-    segment_rows: int | None = Field(None, ge=16)
-    selection: SelectionRuleField = Field(default_factory=lambda: rule_from("sampled"))
-    dense_above: float = Field(1.0, gt=0.0, le=1.0)
+    alpha: float = Field(0.95, gt=0.0, le=1.0, description="the CRA target, the share of the sampled rows' attention mass that the window plus the selected columns keep")
+    window_ratio: float = Field(0.08, ge=0.0, le=1.0, description="the local window's width as a share of the key length")
+    sample_ratio: float = Field(0.05, gt=0.0, le=1.0, description="the share of query rows sampled to score the key columns")
+    gqa_granularity: GQAGranularity = Field("query_head", description="one column set per query head, or one per KV-head group")
+    dense_below: int = Field(32_768, ge=0, description="the key length below which dense attention (SDPA) runs instead")
+    block_m: int = Field(128, ge=16, le=256, description="the query tile of the sparse kernel, a power of two")
+    block_n: int = Field(128, ge=16, le=256, description="the key tile of the sparse kernel, a power of two")
+    sample_block: int = Field(16, ge=16, le=128, description="the rows per sampled block in stage 1, a power of two")
+    segment_rows: int | None = Field(None, ge=16, description="the query rows per column set, a multiple of block_m (None: one set per head)")
+    selection: SelectionRuleField = Field(default_factory=lambda: rule_from("sampled"), description="the selection rule (sampleattn.rules): sampled, rescored or block, by name or as a rule object")
+    dense_above: float = Field(1.0, gt=0.0, le=1.0, description="the plan's mean density above which dense attention runs instead of stage 3")
 
     @model_validator(mode="before")
     @classmethod
@@ -134,23 +135,23 @@ class SampleAttentionConfig(BaseModel):
         return max(1, ceil_ratio(self.sample_ratio, seqlen_q))
 
 
-class HeadOverride(BaseModel):
+class HeadOverride(DescribedModel):
     """Per-head values that replace the layer's alpha and/or window_ratio."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: float | None = Field(None, gt=0.0, le=1.0)
-    window_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    alpha: float | None = Field(None, gt=0.0, le=1.0, description="the layer's or head's CRA target (as SampleAttentionConfig.alpha)")
+    window_ratio: float | None = Field(None, ge=0.0, le=1.0, description="the layer's or head's window width as a share of the key length")
 
 
-class LayerOverride(BaseModel):
+class LayerOverride(DescribedModel):
     """Per-layer values that replace those of the profile's global config."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: float | None = Field(None, gt=0.0, le=1.0)
-    window_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    sample_ratio: float | None = Field(None, gt=0.0, le=1.0)
+    alpha: float | None = Field(None, gt=0.0, le=1.0, description="the layer's or head's CRA target (as SampleAttentionConfig.alpha)")
+    window_ratio: float | None = Field(None, ge=0.0, le=1.0, description="the layer's or head's window width as a share of the key length")
+    sample_ratio: float | None = Field(None, gt=0.0, le=1.0, description="the layer's share of query rows sampled")
     heads: dict[int, HeadOverride] = Field(default_factory=dict)
 
 

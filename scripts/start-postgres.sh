@@ -9,8 +9,10 @@
 # The cluster lives in $SATTN_PG_DIR (default /tmp/sattn-pg-$PORT), listens on 127.0.0.1 only,
 # trusts local connections, and runs with fsync off: test data only. As root, the server runs
 # as the `postgres` user (initdb refuses root). Port: first argument, $SATTN_PG_PORT, or 55432.
-# Only the `export ...` line goes to stdout; progress goes to stderr. Running it again while the
-# server is up prints the same line.
+# Only the `export ...` line goes to stdout (the URL, the port, the data directory, and
+# SATTN_TEST_PG_STARTED: 1 when this call started the server, 0 when it was already running);
+# progress goes to stderr. Running it again while the server is up prints the same URL.
+# scripts/test-with-postgres.sh runs a command with a server and stops it after, if it started it.
 set -euo pipefail
 
 stop=0
@@ -77,7 +79,9 @@ if [[ ! -f "$data/PG_VERSION" ]]; then
         || as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --no-locale >&2
 fi
 
+started=0
 if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    started=1
     log "starting PostgreSQL ($("$bin/postgres" --version)) on 127.0.0.1:$port"
     as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
         -o "-p $port -c listen_addresses=127.0.0.1 -k $data -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
@@ -88,4 +92,4 @@ if ! as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FRO
     as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$database"
 fi
 
-echo "export SAMPLEATTN_TEST_PG_URL=postgresql+psycopg2://postgres@127.0.0.1:$port/$database"
+echo "export SAMPLEATTN_TEST_PG_URL=postgresql+psycopg2://postgres@127.0.0.1:$port/$database SATTN_TEST_PG_PORT=$port SATTN_TEST_PG_DIR=$data SATTN_TEST_PG_STARTED=$started"

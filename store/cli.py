@@ -92,10 +92,12 @@ def _length(tokens: int | None) -> str:
     return "-" if tokens is None else format_length(tokens)
 
 
-def _selection(profile: Any) -> str:
-    """The rule's name and its parameters that differ from the defaults (``rescored
-    candidate_alpha=0.995``, ``block beta=0.9``)."""
-    return profile.config.config.selection.describe()
+def _mode_and_params(config: Any, length: int) -> tuple[str, Any, Any, Any]:
+    """The MODE column and ALPHA, WINDOW, SAMPLE (``-`` under dense, where they do nothing)."""
+    from sampleattn.store.display import is_dense, selection_mode, sparse_params
+
+    dense = is_dense(config, length)
+    return (selection_mode(config, dense), *sparse_params(config, dense))
 
 
 def _overrides(profile: Any) -> str:
@@ -128,10 +130,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             p.model,
             _length(p.seq_len),
             p.calibration_kind,
-            p.config.config.alpha,
-            p.config.config.window_ratio,
-            p.config.config.sample_ratio,
-            _selection(p),
+            *_mode_and_params(p.config.config, p.seq_len),
             _overrides(p),
             p.metrics.rel_error,
             p.metrics.speedup,
@@ -141,7 +140,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         )
         for p in profiles
     ]
-    headers = ("MODEL", "LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "SELECTION", "OVERRIDES", "REL_ERR",
+    headers = ("MODEL", "LENGTH", "CALIB", "MODE", "ALPHA", "WINDOW", "SAMPLE", "OVERRIDES", "REL_ERR",
                "SPEEDUP", "DENSITY", "HASH", "UPDATED")
     print(_table(headers, rows), file=out)
     return EXIT_OK
@@ -224,12 +223,11 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     ]), file=out)
     print("\nprofiles", file=out)
     rows = [
-        (_length(p.seq_len), p.calibration_kind, p.config.config.alpha, p.config.config.window_ratio,
-         p.config.config.sample_ratio, _selection(p), _overrides(p), p.metrics.rel_error, p.metrics.speedup, p.run,
-         p.content_hash[:12])
+        (_length(p.seq_len), p.calibration_kind, *_mode_and_params(p.config.config, p.seq_len), _overrides(p),
+         p.metrics.rel_error, p.metrics.speedup, p.run, p.content_hash[:12])
         for p in profiles
     ]
-    print(_table(("LENGTH", "CALIB", "ALPHA", "WINDOW", "SAMPLE", "SELECTION", "OVERRIDES", "REL_ERR", "SPEEDUP", "RUN",
+    print(_table(("LENGTH", "CALIB", "MODE", "ALPHA", "WINDOW", "SAMPLE", "OVERRIDES", "REL_ERR", "SPEEDUP", "RUN",
                   "HASH"), rows), file=out)
     print("\nruns", file=out)
     print(_runs_table(runs), file=out)
@@ -257,27 +255,21 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _plot(path: str, model: str, seq_len: int, trials: Sequence[Any], front: Sequence[Any]) -> None:
-    import matplotlib
+def _chosen_trials(profiles: Sequence[Any], trials: Sequence[Any]) -> list[Any]:
+    """The trials whose configuration is a stored profile of their run at their length."""
+    from sampleattn.store.schemas import content_hash
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    stored = {(p.run, p.content_hash) for p in profiles}
+    return [t for t in trials if t.config is not None and (t.run, content_hash(t.config)) in stored]
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.scatter([t.metrics.latency_ms for t in trials], [t.metrics.rel_error for t in trials], s=12, c="0.7",
-               label=f"complete trials ({len(trials)})")
-    xs = [t.metrics.latency_ms for t in front]
-    ys = [t.metrics.rel_error for t in front]
-    ax.step(xs, ys, where="post", c="tab:red", lw=1)
-    ax.scatter(xs, ys, s=24, c="tab:red", label=f"Pareto front ({len(front)})", zorder=3)
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("relative L2 error")
-    ax.set_title(f"{model} at {_length(seq_len)}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+def _budget(runs: Sequence[Any]) -> float | None:
+    """The runs' budget on the relative L2 error, when they share one (``--objective layer``);
+    ``None`` otherwise (a KL budget does not apply to the error plotted here)."""
+    budgets = {r.max_error for r in runs if r.objective == "layer" and r.max_error is not None}
+    if len(budgets) == 1 and all(r.objective == "layer" for r in runs):
+        return budgets.pop()
+    return None
 
 
 def cmd_pareto(args: argparse.Namespace, out: TextIO) -> int:
@@ -292,31 +284,54 @@ def cmd_pareto(args: argparse.Namespace, out: TextIO) -> int:
                 file=sys.stderr,
             )
             return EXIT_ERROR
-        trials = None
-        if args.plot:
-            trials = [
-                t for t in store.trials(model=args.model, seq_len=args.length, states=["complete"], run=args.run)
-                if t.metrics.rel_error is not None and t.metrics.latency_ms is not None
-            ]
+        trials = [
+            t for t in store.trials(model=args.model, seq_len=args.length, states=["complete"], run=args.run)
+            if t.metrics.rel_error is not None and t.metrics.latency_ms is not None
+        ]
+        profiles = [p for p in store.list_profiles(args.model) if p.seq_len == args.length]
+        run_names = {t.run for t in front}
+        runs = [r for r in store.list_runs(args.model) if r.name in run_names]
+    chosen = _chosen_trials(profiles, trials)
+    chosen_keys = {(t.run, t.study, t.number) for t in chosen}
     if args.plot:
-        _plot(args.plot, args.model, args.length, trials or [], front)
+        from sampleattn.store.display import FrontPanel, plot_fronts
+
+        on_front = [t for t in chosen if (t.run, t.study, t.number) in {(f.run, f.study, f.number) for f in front}]
+        plot_fronts(args.plot, [FrontPanel(
+            title=f"{args.model} at {_length(args.length)}", trials=trials,
+            error=lambda t: t.metrics.rel_error, error_label="relative L2 error", budget=_budget(runs),
+            chosen=(on_front or chosen or [None])[0])])
     if args.format == "json":
-        data = {"model": args.model, "seq_len": args.length, "plot": args.plot, "front": [_dump(t) for t in front]}
+        data = {"model": args.model, "seq_len": args.length, "plot": args.plot,
+                "front": [{**_dump(t), "chosen": (t.run, t.study, t.number) in chosen_keys} for t in front]}
         print(_json(data), file=out)
         return EXIT_OK
     rows = []
     for t in front:
         config = t.config.config if t.config is not None else None
+        mode, alpha, window, sample = _mode_and_params(config, t.seq_len) if config else ("-", None, None, None)
         rows.append((
-            t.run, t.number, t.metrics.rel_error, t.metrics.latency_ms,
+            "*" if (t.run, t.study, t.number) in chosen_keys else "", t.run, t.number, mode,
+            t.metrics.rel_error, t.metrics.latency_ms,
             None if t.metrics.latency_measured is None else ("measured" if t.metrics.latency_measured else "estimated"),
-            t.metrics.speedup, t.metrics.density, t.metrics.retained_mass_min,
-            config.alpha if config else None, config.window_ratio if config else None,
-            config.sample_ratio if config else None,
+            t.metrics.speedup, t.metrics.density, t.metrics.retained_mass_min, alpha, window, sample,
         ))
-    headers = ("RUN", "TRIAL", "REL_ERR", "LATENCY_MS", "LATENCY", "SPEEDUP", "DENSITY", "RETAINED_MIN", "ALPHA",
-               "WINDOW", "SAMPLE")
+    headers = ("CHOSEN", "RUN", "TRIAL", "MODE", "REL_ERR", "LATENCY_MS", "LATENCY", "SPEEDUP", "DENSITY",
+               "RETAINED_MIN", "ALPHA", "WINDOW", "SAMPLE")
     print(_table(headers, rows), file=out)
+    notes = []
+    if chosen:
+        off = [t for t in chosen if (t.run, t.study, t.number) not in {(f.run, f.study, f.number) for f in front}]
+        notes.append("* = the trial stored as the profile at this length"
+                     + (f" (trial {', '.join(str(t.number) for t in off)} of {off[0].run} is not on this front)"
+                        if off else ""))
+    else:
+        notes.append("no trial on this front is the stored profile at this length")
+    if any(t.metrics.latency_measured is False for t in front):
+        from sampleattn.store.display import ESTIMATED_NOTE
+
+        notes.append(ESTIMATED_NOTE)
+    print("\n" + "\n".join(notes), file=out)
     if args.plot:
         print(f"\nplot written to {args.plot}", file=out)
     return EXIT_OK

@@ -18,6 +18,13 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Time left per test file, and the throwaway PostgreSQL's stop (tests/session_progress.py).
+    from session_progress import SessionProgress
+
+    config.pluginmanager.register(SessionProgress(config), "sampleattn-session-progress")
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """``(model, tokenizer)`` of the real smollm2-135m in float32 on the CPU, loaded once per

@@ -206,6 +206,12 @@ def calibration_windows(
     return windows
 
 
+def _short(length: int) -> str:
+    from sampleattn.lengths import format_length
+
+    return format_length(length)
+
+
 def logit_positions_for(length: int, count: int = 256) -> torch.Tensor:
     """The positions whose logits the cache keeps: ``count`` positions evenly spaced over
     ``[0, length)``, always including the last; all positions if ``length <= count``. Int64 ``(n,)``."""
@@ -551,8 +557,11 @@ class CalibrationCache:
         sample: int,
         seed: int = 0,
         model_name: str | None = None,
+        progress: bool = False,
     ) -> CalibrationSample:
         """The capture of window ``sample`` of ``text``: read from disk, or captured and stored.
+
+        ``progress``: a bar over the model's layers while a capture runs (tqdm; nothing on a hit).
 
         On a hit the model and the tokenizer are not used at all. On a miss, one prefill of
         ``calibration_windows(tokenizer, text, length, 1, seed, first=sample)[0]`` runs through
@@ -564,7 +573,8 @@ class CalibrationCache:
             self.stats.hits += 1
             return self.load(key)
         window = calibration_windows(tokenizer, text, length, 1, seed, first=sample)[0]
-        sample_obj = self._capture_into(key, model, window)
+        sample_obj = self._capture_into(key, model, window, progress=progress,
+                                        desc=f"capture {_short(length)} sample {sample}")
         self.stats.captures += 1
         return sample_obj
 
@@ -578,16 +588,23 @@ class CalibrationCache:
         samples: int,
         seed: int = 0,
         model_name: str | None = None,
+        progress: bool = False,
     ) -> list[CalibrationSample]:
-        """`get_or_capture` for samples ``0 .. samples - 1``."""
-        return [
-            self.get_or_capture(
-                model, tokenizer, text=text, length=length, sample=i, seed=seed, model_name=model_name
-            )
-            for i in range(samples)
-        ]
+        """`get_or_capture` for samples ``0 .. samples - 1``; ``progress``: a bar over the samples
+        (with the time left) and, inside it, one over the layers of each capture."""
+        from tqdm.auto import tqdm
 
-    def _capture_into(self, key: CacheKey, model: Any, window: torch.Tensor) -> CalibrationSample:
+        out = []
+        with tqdm(total=samples, desc=f"calibration {_short(length)}", unit="sample", disable=not progress,
+                  mininterval=1.0) as bar:
+            for i in range(samples):
+                out.append(self.get_or_capture(model, tokenizer, text=text, length=length, sample=i, seed=seed,
+                                               model_name=model_name, progress=progress))
+                bar.update(1)
+        return out
+
+    def _capture_into(self, key: CacheKey, model: Any, window: torch.Tensor, *, progress: bool = False,
+                      desc: str = "capture") -> CalibrationSample:
         from safetensors.torch import save_file
 
         from .models import load_info
@@ -611,11 +628,21 @@ class CalibrationCache:
             for name, t in out.items():
                 dtypes[f"{index}.{name}"] = str(t.dtype).removeprefix("torch.")
 
+        from tqdm.auto import tqdm
+
         positions = logit_positions_for(window.numel(), self.logit_count)
         started = time.perf_counter()
+        config = model.config
+        layers_total = int(getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", 0)) or None
+        bar = tqdm(total=layers_total, desc=desc, unit="layer", leave=False, disable=not progress, mininterval=1.0)
+
+        def on_layer(index: int, tensors: dict[str, torch.Tensor]) -> None:
+            write_layer(index, tensors)
+            bar.update(1)  # the prefill reaches layers in order: the bar's rate gives the time left
+
         try:
             capture = capture_qkv(
-                model, window, dtype=self.store_dtype, logit_positions=positions, on_layer=write_layer
+                model, window, dtype=self.store_dtype, logit_positions=positions, on_layer=on_layer
             )
             seconds = time.perf_counter() - started
             save_file(
@@ -660,6 +687,8 @@ class CalibrationCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            bar.close()
         return self.load(key)
 
     # -- housekeeping -------------------------------------------------------------------------

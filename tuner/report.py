@@ -35,7 +35,7 @@ def format_summary(report: Any) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
     notes = [
         f"budget: {error} <= {report.max_error:g}; chosen = fastest feasible trial ('*': per-layer stage, "
-        "'layers' = layers with their own alpha/window)",
+        "'layers' = layers with their own alpha/window); mode dense: alpha, window, sample do nothing ('-')",
         f"{report.evaluated} trial(s) evaluated in {report.search_seconds:.0f} s of search on {report.workers} "
         f"worker(s) ({report.trials_per_hour:.0f} trials/hour); {report.seconds:.0f} s in all"
         + (f"; {report.replaced_workers} worker(s) replaced" if report.replaced_workers else ""),
@@ -45,6 +45,10 @@ def format_summary(report: Any) -> str:
             notes.append(f"{format_length(r.length)} per-layer stage: {r.per_layer.get('reason', '')}")
         if r.chosen is None:
             notes.append(f"{format_length(r.length)}: no feasible trial, no profile saved")
+    if report.device != "cuda":
+        from sampleattn.store.display import ESTIMATED_NOTE
+
+        notes.append(ESTIMATED_NOTE)
     return "\n".join(lines + [""] + notes)
 
 
@@ -58,48 +62,31 @@ def print_summary(report: Any, out: TextIO) -> None:
 
 
 def plot_pareto(report: Any, path: str) -> str:
-    """Write the trials and Pareto front of each length (error vs latency) to a PNG; returns path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write the trials and Pareto front of each length (error vs latency, the budget, the chosen
+    trial) to a PNG with `sampleattn.store.display.plot_fronts`, the plot ``sattn-store pareto
+    --plot`` draws too; returns ``path``."""
     from sampleattn.store import ProfileStore
+    from sampleattn.store.display import FrontPanel, plot_fronts
 
     model = report.run.split("/")[0]
-    n = max(1, len(report.lengths))
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    if report.objective == "model":
+        def error(t):
+            return t.metrics.extra.get("kl_divergence", 0.0)
+        label = "KL (nats)"
+    else:
+        def error(t):
+            return t.metrics.rel_error
+        label = "relative L2 error"
+    panels = []
     with ProfileStore(report.store_url, readonly=True) as store:
-        for ax, r in zip(axes[0], report.lengths):
+        for r in report.lengths:
             trials = [t for t in store.trials(report.run, seq_len=r.length, states=["complete"])
                       if t.metrics.rel_error is not None and t.metrics.latency_ms is not None]
-            err = (lambda t: t.metrics.extra.get("kl_divergence", 0.0)) if report.objective == "model" else (
-                lambda t: t.metrics.rel_error)
-            ok = [t for t in trials if err(t) <= report.max_error]
-            bad = [t for t in trials if err(t) > report.max_error]
-            ax.scatter([t.metrics.latency_ms for t in bad], [err(t) for t in bad], c="tab:gray", s=18,
-                       label="over budget")
-            ax.scatter([t.metrics.latency_ms for t in ok], [err(t) for t in ok], c="tab:blue", s=18, label="feasible")
-            front = sorted(((t.metrics.latency_ms, err(t)) for t in trials), key=lambda p: p[0])
-            pareto, best = [], float("inf")
-            for lat, e in front:
-                if e < best:
-                    pareto.append((lat, e))
-                    best = e
-            if pareto:
-                ax.plot([p[0] for p in pareto], [p[1] for p in pareto], "-o", c="tab:orange", ms=4,
-                        label="Pareto front")
+            chosen = None
             if r.chosen is not None:
-                ax.scatter([r.chosen["latency_ms"]], [r.chosen["error"]], marker="*", s=220, c="tab:red",
-                           zorder=5, label="chosen")
-            ax.axhline(report.max_error, ls="--", c="tab:red", lw=0.8)
-            ax.set_title(f"{model} @ {format_length(r.length)}")
-            ax.set_xlabel("latency (ms, " + ("measured" if report.device == "cuda" else "estimated") + ")")
-            ax.set_ylabel("KL (nats)" if report.objective == "model" else "relative L2 error")
-            ax.set_yscale("symlog", linthresh=1e-3)
-            ax.set_ylim(bottom=0)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                chosen = next((t for t in trials if t.study == r.chosen["study"] and t.number == r.chosen["trial"]),
+                              None)
+            panels.append(FrontPanel(title=f"{model} @ {format_length(r.length)}", trials=trials, error=error,
+                                     error_label=label, budget=report.max_error, chosen=chosen))
+    plot_fronts(path, panels)
     return path

@@ -646,7 +646,7 @@ def _capture(options: TuneOptions, spec, device: str, model, tokenizer, out: Tex
         before = cache.stats.captures
         samples[length] = cache.get_or_capture_many(model, tokenizer, text=text, length=length,
                                                     samples=options.samples, seed=options.seed,
-                                                    model_name=spec.name)
+                                                    model_name=spec.name, progress=options.progress)
         captured = cache.stats.captures - before
         _say(out, f"calibration {format_length(length)}: {options.samples} sample(s) of {source} "
                   f"({captured} captured, {options.samples - captured} from the cache {cache.root}) "
@@ -791,7 +791,10 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
 
 
 def chosen_summary(report: TuneReport) -> list[dict[str, Any]]:
-    """One row per length for the summary table (plain values)."""
+    """One row per length for the summary table (plain values; ``None`` for the sparse parameters
+    of a dense choice)."""
+    from sampleattn.store.display import is_dense, selection_mode, sparse_params
+
     rows = []
     for r in report.lengths:
         row: dict[str, Any] = {"length": format_length(r.length), "trials": r.complete, "failed": r.failed,
@@ -799,11 +802,12 @@ def chosen_summary(report: TuneReport) -> list[dict[str, Any]]:
         if r.chosen is not None:
             cfg = r.chosen["profile"]["config"]
             m = r.chosen["metrics"]
-            dense = cfg.get("dense_below", 0) > r.length
+            dense = is_dense(cfg, r.length)
+            alpha, window, sample = sparse_params(cfg, dense)
             row.update({
                 "chosen": f"#{r.chosen['trial']}" + ("*" if r.chosen["study"].endswith("/per-layer") else ""),
-                "alpha": cfg["alpha"], "window": cfg["window_ratio"], "sample": cfg["sample_ratio"],
-                "gqa": cfg["gqa_granularity"], "mode": "dense" if dense else "sparse",
+                "alpha": alpha, "window": window, "sample": sample,
+                "gqa": None if dense else cfg["gqa_granularity"], "mode": selection_mode(cfg, dense),
                 "layers": len(r.chosen["profile"].get("layers", {})),
                 "error": r.chosen["error"], "density": m.get("density"),
                 "latency_ms": m.get("latency_ms"), "dense_ms": m.get("dense_latency_ms"),

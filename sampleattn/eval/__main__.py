@@ -1,15 +1,16 @@
-"""``python -m sampleattn.eval``: run the accuracy evaluation, or merge runs into one report.
+"""``sattn-eval`` (also ``python -m sampleattn.eval``): run the accuracy evaluation, or merge runs
+into one report.
 
 Examples::
 
     # the CPU small form (what CI can afford)
-    python -m sampleattn.eval run --form small --out eval-out/cpu-small
+    sattn-eval run --form small --out eval-out/cpu-small
 
     # the full form on a GPU (bf16, Triton kernels)
-    python -m sampleattn.eval run --form full --device cuda --dtype bfloat16 --out eval-out/gpu
+    sattn-eval run --form full --device cuda --dtype bfloat16 --out eval-out/gpu
 
     # merge several runs (e.g. lengths run as separate commands) into one table and plots
-    python -m sampleattn.eval report eval-out/gpu-* --out eval-out/gpu-all
+    sattn-eval report eval-out/gpu-* --out eval-out/gpu-all
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _floats(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sampleattn.eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog="sattn-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the evaluation and write table.md, JSON and plots")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--needle-methods", default=None,
                      help="families run on the needle task, e.g. full,sample_attention,window (default all)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--out", required=True, help="output folder")
     rep = sub.add_parser("report", help="merge results.json files into one table and plots")
     rep.add_argument("inputs", nargs="+", help="results.json files or folders holding one")
@@ -131,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     def save_partial(partial) -> None:  # a run cut off (time limit) keeps its rows
         (out / "results.partial.json").write_text(json.dumps(partial.to_dict(), default=str))
 
-    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial, start=_START)
+    result = run_eval(settings, log=lambda m: print(m, flush=True), on_row=save_partial, start=_START,
+                      progress=not args.no_progress)
     result.meta["seconds"] = round(time.time() - t0, 1)
-    result.meta["command"] = "python -m sampleattn.eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    result.meta["command"] = "sattn-eval " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = write_outputs(result.to_dict(), args.out)
     (out / "results.partial.json").unlink(missing_ok=True)
     print()

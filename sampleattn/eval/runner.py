@@ -427,8 +427,12 @@ class _Input:
 def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
              model: Any = None, tokenizer: Any = None,
              on_row: Callable[[EvalResult], None] | None = None,
-             start: float | None = None, clock: Callable[[], float] = time.time) -> EvalResult:
+             start: float | None = None, clock: Callable[[], float] = time.time,
+             progress: bool = False) -> EvalResult:
     """Run the evaluation described by ``settings``; returns every measured row.
+
+    ``progress``: a bar over the (input, method) runs with the time left (tqdm, on stderr); the
+    ``log`` lines are then written above it. Skipped runs count as done at once.
 
     ``model``/``tokenizer``: an already loaded model without RoPE scaling (used for the lengths
     within its trained context; longer lengths get their own). ``on_row(result)`` is called
@@ -522,12 +526,25 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
         log(f"[{budget.elapsed():6.0f}s] needle L={inp.length} depth {inp.depth:.2f} {spec.name:36s} "
             f"density {_mean_density(densities):.3f} {'ok  ' if ok else 'MISS'} {answer!r}")
 
-    for tier in sorted({s.tier for s in specs}):
-        tier_specs = [s for s in specs if s.tier == tier]
+    from tqdm.auto import tqdm
+
+    tiers = [[s for s in specs if s.tier == tier] for tier in sorted({s.tier for s in specs})]
+    total = sum(selected(spec, inp) for tier_specs in tiers for inp in inputs for spec in tier_specs)
+    bar = tqdm(total=total, desc="evaluation", unit="run", disable=not progress, mininterval=2.0)
+    if progress:
+        caller_log = log
+
+        def log(message: str) -> None:  # the caller's line above the bar, not through it
+            with bar.external_write_mode():
+                caller_log(message)
+
+    for tier_specs in tiers:
         for inp in inputs:
             for spec in tier_specs:
                 if not selected(spec, inp):
                     continue
+                bar.update(1)  # counted when started: skips are instant, runs set the rate
+                bar.set_postfix_str(f"{inp.task} {inp.length} {spec.name}", refresh=False)
                 if inp.task == "fidelity" and spec.family != "full" and inp.full_logits is None:
                     skip(spec, inp, "full attention did not run on this input")
                     continue
@@ -559,6 +576,7 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
                 (record_fidelity if inp.task == "fidelity" else record_needle)(spec, inp, out, densities, took)
                 if on_row is not None:
                     on_row(result)
+    bar.close()
     for inp in inputs:
         inp.full_logits = None
     budget_skips = sum(1 for r in not_run if r["reason"] == "time budget")

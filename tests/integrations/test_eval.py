@@ -22,7 +22,7 @@ def make_store(path, profiles):
     return str(path)
 
 
-def test_small_eval_writes_the_table(smollm2, tmp_path):
+def test_small_eval_writes_the_table(smollm2, tmp_path, capsys):
     from sampleattn.eval import EvalSettings, run_eval, write_outputs
 
     store = make_store(tmp_path / "store.sqlite",
@@ -32,7 +32,11 @@ def test_small_eval_writes_the_table(smollm2, tmp_path):
                             oracle_alphas=[0.95], rescored_alphas=[0.95], estimator=False, profile=store,
                             backend="torch", max_new_tokens=8)
     model, tokenizer = smollm2
-    result = run_eval(settings, model=model, tokenizer=tokenizer, log=lambda m: None)
+    result = run_eval(settings, model=model, tokenizer=tokenizer, log=print, progress=True)
+    captured = capsys.readouterr()
+    runs = len(result.fidelity) + len(result.needle)
+    assert "evaluation: 100%" in captured.err and f"{runs}/{runs}" in captured.err  # the bar, on stderr
+    assert "fidelity L=256" in captured.out  # the log lines go above the bar, on stdout
     methods = {r["method"] for r in result.fidelity}
     assert methods == {"full", "sample_attention a=0.95", "sample_attention_rescored a=0.95", "tuned",
                        "window ~a=0.95", "streamingllm ~a=0.95", "bigbird ~a=0.95", "vertical_slash ~a=0.95",

@@ -55,8 +55,10 @@ def test_list(db):
     table = ok(sattn("--store", str(db), "list"))
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["MODEL", "LENGTH", "CALIB"]
-    assert lines[2].split()[:8] == ["llama-toy", "8k", "real", "0.93", "0.05", "0.05", "sampled", "-"]
-    assert lines[4].split()[:8] == ["llama-toy", "32k", "real", "0.96", "0.04", "0.02", "sampled", "2L/1H"]
+    assert lines[0].split()[3:7] == ["MODE", "ALPHA", "WINDOW", "SAMPLE"]
+    # 8k is below the config's dense_below (32768): dense, the sparse parameters do nothing
+    assert lines[2].split()[:8] == ["llama-toy", "8k", "real", "dense", "-", "-", "-", "-"]
+    assert lines[4].split()[:8] == ["llama-toy", "32k", "real", "sampled", "0.96", "0.04", "0.02", "2L/1H"]
     data = json.loads(ok(sattn("list", "--store", str(db), "--format", "json")))  # options after the command
     assert [(p["model"], p["seq_len"], p["calibration_kind"]) for p in data] == [
         ("llama-toy", 8192, "real"), ("llama-toy", 8192, "synthetic"), ("llama-toy", 32768, "real"),
@@ -97,8 +99,9 @@ def test_show_synthetic_only(db):
 
 def test_pareto(db, tmp_path):
     table = ok(sattn("--store", str(db), "pareto", "llama-toy", "--length", "32k"))
-    rows = table.splitlines()[2:]
-    assert rows and all(row.startswith("llama-toy/8k,32k/real") for row in rows)
+    rows = table.split("\n\n")[0].splitlines()[2:]
+    assert rows and all(row.split()[0] == "llama-toy/8k,32k/real" for row in rows)  # none is the profile
+    assert "no trial on this front is the stored profile at this length" in table
     data = json.loads(ok(sattn("--store", str(db), "--format", "json", "pareto", "llama-toy", "--length", "32768")))
     with ProfileStore(db, readonly=True) as store:
         expected = [(t.run, t.number) for t in store.pareto("llama-toy", "32k")]

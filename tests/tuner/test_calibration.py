@@ -213,3 +213,16 @@ def test_synthetic_calibration():
     assert by_tuple.layer(1, dtype=torch.float16)["q"].dtype == torch.float16
     with pytest.raises(ValueError, match="geometry"):
         synthetic_calibration((2, 8, 2), 64, 1)
+
+
+def test_capture_progress_bars(smollm2, essays, cache, capsys):
+    """With ``progress``, a bar over the samples and one over the layers of each capture (stderr;
+    tqdm writes sparingly when it is not a terminal); without it, nothing."""
+    model, tokenizer = smollm2
+    cache.get_or_capture_many(model, tokenizer, text=essays, length=64, samples=2, seed=7)
+    assert capsys.readouterr().err == ""
+    cache.get_or_capture_many(model, tokenizer, text=essays, length=64, samples=2, seed=8, progress=True)
+    err = capsys.readouterr().err
+    layers = model.config.num_hidden_layers
+    assert "calibration 64: 100%" in err and "2/2" in err
+    assert "capture 64 sample 0" in err and f"/{layers}" in err and "layer" in err

@@ -1,0 +1,35 @@
+"""The console scripts in pyproject.toml: each resolves, answers --help, and is in the README."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_the_four_tools_exist() -> None:
+    assert {"sattn-tune", "sattn-store", "sattn-eval", "sattn-bench"} <= set(SCRIPTS)
+    assert SCRIPTS["sattn-eval"] == "sampleattn.eval.__main__:main"
+
+
+def test_readme_lists_exactly_the_console_scripts() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Command-line tools", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(sattn-[a-z]+)` \|", section, flags=re.M))
+    assert listed == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_entry_point_answers_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module, function = SCRIPTS[name].split(":")
+    main = getattr(importlib.import_module(module), function)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert name in capsys.readouterr().out  # the parser's prog is the script's name
