@@ -43,6 +43,10 @@ class SparsePlan:
         scores: (B, Hsel, n_seg, Sk) fp32 column scores (sum over sampled rows of the mass
             outside each row's window), or None.
         sampled_rows: (n_rows,) int64 the sampled query rows.
+        nonfinite_rows: (B, Hq) int32 sampled rows left out of the estimate because their
+            statistics were not finite (a NaN or Inf in the row's query or in a key it sees):
+            they add nothing to the scores, the window mass or the reports. None for plans
+            made by hand.
         candidate_density: (B, Hq) fp32 density of the window plus the candidates, for
             ``selection="rescored"`` with reports (None otherwise); ranking_fraction: the share of query rows
             that ranked them. Their product, about, is the rescoring passes' cost in units of
@@ -67,6 +71,7 @@ class SparsePlan:
     scores: torch.Tensor | None = field(default=None, repr=False)
     candidate_density: torch.Tensor | None = field(default=None, repr=False)
     ranking_fraction: float = 0.0
+    nonfinite_rows: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def q_per_sel(self) -> int:
@@ -178,10 +183,12 @@ def reach_per_segment(
 
 def counted_pairs(
     rows: SampledRows, window: torch.Tensor, *, batch: int, seqlen_q: int, seqlen_k: int, q_per_sel: int,
+    finite: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which (row, head) pairs of the sampled rows count, from the shapes alone.
+    """Which (row, head) pairs of the sampled rows count.
 
-    A pair counts when the row is real and sees keys outside the head's window (``p >= w``).
+    A pair counts when the row is real and sees keys outside the head's window (``p >= w``),
+    and, with ``finite`` ((B, Hq, n_slots) bool), when its statistics are finite.
 
     Returns:
         counted: (B, Hq, n_slots) bool; onehot: (n_slots, n_seg) fp32 segment of each slot;
@@ -192,6 +199,8 @@ def counted_pairs(
     pos = seqlen_k - seqlen_q + slot_rows
     w = window.to(device, torch.int64).view(1, -1, 1)
     counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
+    if finite is not None:
+        counted = counted & finite
     slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
     n_seg = rows.seg_blocks.numel() - 1
     # (n_slots, n_seg); a comparison, not F.one_hot, whose range check synchronises the GPU
@@ -219,7 +228,7 @@ def window_mass_from_scores(scores: torch.Tensor, n_counted: torch.Tensor) -> to
 
 def summarize_rows(
     wmass: torch.Tensor, stripe: torch.Tensor, rows: SampledRows, window: torch.Tensor, *,
-    seqlen_q: int, seqlen_k: int, q_per_sel: int,
+    seqlen_q: int, seqlen_k: int, q_per_sel: int, finite: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row statistics of the sampled rows into the selection's inputs and the reports.
 
@@ -228,15 +237,16 @@ def summarize_rows(
             (``stripe`` may be None before selection).
     Returns:
         window_sum (B, Hsel, n_seg), counted (B, Hsel, n_seg), retained_mean (B, Hq),
-        retained_min (B, Hq). A (row, head) pair counts when the row is real and ``p >= w``.
+        retained_min (B, Hq). A (row, head) pair counts when the row is real, ``p >= w`` and
+        (with ``finite``, (B, Hq, n_slots) bool) its statistics are finite.
     """
     batch, nheads_q, n_slots = wmass.shape
     counted, onehot, n_counted = counted_pairs(rows, window.to(wmass.device), batch=batch, seqlen_q=seqlen_q,
-                                               seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+                                               seqlen_k=seqlen_k, q_per_sel=q_per_sel, finite=finite)
     n_seg = onehot.shape[1]
-    weight = counted.to(torch.float32)
-    window_sum = torch.einsum("bhs,sg->bhg", wmass * weight, onehot)
     n_sel = nheads_q // q_per_sel
+    # torch.where, not a product: a left-out row's NaN must not reach the sums.
+    window_sum = torch.einsum("bhs,sg->bhg", torch.where(counted, wmass, 0.0), onehot)
     window_sum = window_sum.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
     retained = (wmass + stripe).clamp(max=1.0)
     any_counted = counted.any(dim=-1)
@@ -350,7 +360,7 @@ def select_and_report(
     setup: PlanSetup, config: SampleAttentionConfig, *, wmass: torch.Tensor, scores: torch.Tensor,
     stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], keep_scores: bool,
     rescore_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    reports: bool = True,
+    reports: bool = True, finite: torch.Tensor | None = None,
 ) -> SparsePlan:
     """Stage 2 and the plan's reports, from stage 1's outputs.
 
@@ -364,16 +374,24 @@ def select_and_report(
         rescore_of: for ``selection="rescored"``, ``(cand_idx, cand_count) -> (B, Hsel, kmax)``,
             the candidates' summed probability over the ranking rows (kernels or reference).
         reports: measure the retained mass of the sampled rows (calls ``stripe_mass_of``).
+        finite: (B, Hq, n_slots) bool, whether each sampled row's statistics are finite; rows
+            without are left out of the window mass, the counts and the reports (their scores
+            must already be 0), and counted in the plan's ``nonfinite_rows``.
     """
     shape = {"seqlen_q": setup.seqlen_q, "seqlen_k": setup.seqlen_k, "q_per_sel": setup.q_per_sel}
     if reports and wmass is None:
         raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
+    nonfinite_rows = None
+    if finite is not None:
+        nonfinite_rows = (_real_slots(setup.shape_key) & ~finite).sum(dim=-1, dtype=torch.int32)
     if wmass is None:
         n_counted = setup.n_counted_dev.expand(setup.batch, -1, -1)
+        if finite is not None:
+            n_counted = n_counted - _left_out_pairs(setup, finite)
         window_sum = window_mass_from_scores(scores, n_counted)
     else:
         window_sum, n_counted, _, _ = summarize_rows(wmass, torch.zeros_like(wmass), setup.rows,
-                                                     setup.window_dev, **shape)
+                                                     setup.window_dev, finite=finite, **shape)
     candidate_density, ranking_fraction = None, 0.0
     if config.selection == "rescored":
         if rescore_of is None:
@@ -393,7 +411,8 @@ def select_and_report(
     retained_mean = retained_min = None
     if reports:
         stripe = stripe_mass_of(col_idx, col_count)
-        _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev, **shape)
+        _, _, retained_mean, retained_min = summarize_rows(wmass, stripe, setup.rows, setup.window_dev,
+                                                           finite=finite, **shape)
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows, **shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
@@ -401,8 +420,31 @@ def select_and_report(
         scale=setup.scale, window=setup.window_dev, col_idx=col_idx, col_count=col_count,
         retained_mean=retained_mean, retained_min=retained_min, density=density,
         sampled_rows=setup.rows.valid_rows, scores=scores if keep_scores else None,
-        candidate_density=candidate_density, ranking_fraction=ranking_fraction,
+        candidate_density=candidate_density, ranking_fraction=ranking_fraction, nonfinite_rows=nonfinite_rows,
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _counted_slots(shape_key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """`counted_pairs`' (1, Hq, n_slots) mask and (n_slots, n_seg) one-hot for a shape set-up."""
+    shared = _shape_setup(*shape_key)
+    counted, onehot, _ = counted_pairs(shared["rows"], shared["window_dev"], batch=1, seqlen_q=shape_key[5],
+                                       seqlen_k=shape_key[6], q_per_sel=shared["q_per_sel"])
+    return counted, onehot
+
+
+@functools.lru_cache(maxsize=128)
+def _real_slots(shape_key: tuple) -> torch.Tensor:
+    """(1, 1, n_slots) bool: which slots of a shape set-up's sampled rows are real rows."""
+    return (_shape_setup(*shape_key)["rows"].rows >= 0).view(1, 1, -1)
+
+
+def _left_out_pairs(setup: PlanSetup, finite: torch.Tensor) -> torch.Tensor:
+    """(B, Hsel, n_seg) fp32 counted pairs whose statistics are not finite (``finite``:
+    (B, Hq, n_slots) bool): a few small device operations, no host synchronisation."""
+    counted, onehot = _counted_slots(setup.shape_key)
+    left_out = torch.einsum("bhs,sg->bhg", (counted & ~finite).to(torch.float32), onehot)
+    return left_out.view(setup.batch, -1, setup.q_per_sel, onehot.shape[1]).sum(dim=2)
 
 
 def plan(
@@ -437,10 +479,12 @@ def plan(
     # Stage 1: exact statistics of the sampled rows, then column scores. The window mass per
     # row is only measured for the reports; the selection gets it from the scores.
     lse2, wmass = sampled_row_stats(q, k, rows.rows, window, window_mass=reports, **common)
+    # Rows whose statistics are not finite got lse2 = +inf, as padding slots: left out.
+    finite = lse2 < float("inf")
     scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
                            tile_ranges=_score_tiles(setup), **common)
     return select_and_report(
-        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores, reports=reports,
+        setup, config, wmass=wmass, scores=scores, keep_scores=keep_scores, reports=reports, finite=finite,
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(
             q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
             q_per_sel=setup.q_per_sel, **common),
