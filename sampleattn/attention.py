@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
-from .validation import check_qkv, default_scale, kernel_backend_available
+from .validation import check_inference_only, check_qkv, default_scale, kernel_backend_available
 
 __all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
 
@@ -60,8 +60,11 @@ def sparse_attention(
             plan.segment_rows; None takes the largest of 128, 64, 32, 16 that does.
     Returns:
         out (B, Sq, Hq, D) in q's dtype (and lse).
+    Raises:
+        ValueError: also when autograd is on and an input requires grad (inference only).
     """
     check_qkv(q, k, v)
+    check_inference_only(q, k, v)
     expected = (plan.batch, plan.seqlen_q, plan.nheads_q)
     got = (q.shape[0], q.shape[1], q.shape[2])
     if got != expected or (k.shape[1], k.shape[2]) != (plan.seqlen_k, plan.nheads_kv):
@@ -140,6 +143,9 @@ def sample_attention(
 
     Below ``config.dense_below`` keys it runs dense attention instead, and the plan returned is
     None (with ``return_lse`` the dense path runs the kernel with a full window, still exact).
+    Only that dense path (PyTorch SDPA) gives gradients: a call that runs the kernels while
+    autograd is on and an input requires grad raises `ValueError` (wrap inference in
+    ``torch.no_grad()`` or ``torch.inference_mode()``).
 
     Args:
         q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), Sq <= Sk.
@@ -160,6 +166,7 @@ def sample_attention(
     if dense and not return_lse:
         out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
     else:
+        check_inference_only(q, k, v)  # before planning: a refused call costs nothing
         # Dense through the kernel (for the lse): a full window, and no rescoring passes.
         run_config = config.model_copy(update={"alpha": 1.0, "window_ratio": 1.0, "selection": "sampled"}) \
             if dense else config

@@ -8,7 +8,7 @@ import torch
 
 from .config import SUPPORTED_HEAD_DIMS
 
-__all__ = ["check_qk", "check_qkv", "default_scale", "kernel_backend_available"]
+__all__ = ["check_inference_only", "check_qk", "check_qkv", "default_scale", "kernel_backend_available"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -78,6 +78,22 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         raise ValueError(f"v is {v.dtype} on {v.device} but k is {k.dtype} on {k.device}; they must match")
     if v.stride(-1) != 1:
         raise ValueError("v must be contiguous in its last dim (headdim); call .contiguous()")
+
+
+def check_inference_only(*tensors: torch.Tensor) -> None:
+    """Raise if autograd would need a gradient through the sparse path.
+
+    The sparse path (the plan and stage 3) has no backward: its output would come back
+    detached, silently, while the dense path below ``dense_below`` gives gradients. So a sparse
+    call with autograd on and an input that requires grad is refused instead.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError(
+            "the sparse path of SampleAttention is inference-only (it has no backward), but autograd "
+            "is on and q, k or v requires grad: wrap the call in torch.no_grad() or "
+            "torch.inference_mode() for inference (prefill), or use dense attention "
+            "(sampleattn.dense_attention) where gradients are needed (training)"
+        )
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:

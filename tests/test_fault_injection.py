@@ -167,3 +167,25 @@ def test_plan_reports_nonfinite_rows_on_clean_inputs_too():
     for make in (plan, plan_ref):
         p = make(q, k, cfg(), reports=False)
         assert p.nonfinite_rows.shape == (1, 2) and int(p.nonfinite_rows.sum()) == 0
+
+
+# -- gradients ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_the_sparse_path_refuses_to_detach_gradients(backend):
+    q, k, v = qkv(1, 64, 64, 2, 1, 64, torch.float32)
+    q.requires_grad_(True)
+    config = cfg(dense_below=64)
+    with pytest.raises(ValueError, match=r"inference-only.*torch\.no_grad\(\).*dense attention"):
+        sample_attention(q, k, v, config, backend=backend)
+    with pytest.raises(ValueError, match="inference-only"):
+        sample_attention(q[:, :32], k[:, :32], v[:, :32], config, return_lse=True, backend=backend)
+    with torch.no_grad():
+        assert sample_attention(q, k, v, config, backend=backend).shape == q.shape
+    with torch.inference_mode():
+        assert sample_attention(q, k, v, config, backend=backend).shape == q.shape
+    # Below dense_below the dense path gives gradients, as before.
+    out = sample_attention(q[:, :32], k[:, :32], v[:, :32], config, backend=backend)
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
