@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
-from .validation import check_inference_only, check_qkv, default_scale, kernel_backend_available
+from .validation import (
+    check_inference_only, check_kernel_head_dim, check_qkv, default_scale, kernel_backend_available,
+)
 
 __all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
 
@@ -80,6 +82,7 @@ def sparse_attention(
         return sparse_attention_ref(q, k, v, plan, return_lse=return_lse)
     from sampleattn.kernels import sparse_attention_fwd
 
+    check_kernel_head_dim(q.shape[-1])
     if block_m is None:
         block_m = next(b for b in (128, 64, 32, 16) if plan.segment_rows % b == 0)
     out, lse = sparse_attention_fwd(

@@ -17,7 +17,7 @@ from .config import HeadOverride, SampleAttentionConfig, ceil_ratio
 from .rescoring import ranked_pairs, ranking_block, ranking_rows, select_rescored
 from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head, select_columns
-from .validation import check_qk, default_scale, kernel_backend_available
+from .validation import check_kernel_head_dim, check_qk, default_scale, kernel_backend_available
 
 __all__ = [
     "PlanSetup", "SparsePlan", "counted_pairs", "head_parameters", "plan", "prepare_plan", "select_and_report",
@@ -472,6 +472,7 @@ def plan(
     """
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
     kernel_backend_available(q)
+    check_kernel_head_dim(q.shape[-1])
     from sampleattn.kernels import column_scores, rescore_candidates, sampled_row_stats, stripe_mass
 
     rows, window = setup.rows, setup.window_dev

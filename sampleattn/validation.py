@@ -8,7 +8,10 @@ import torch
 
 from .config import SUPPORTED_HEAD_DIMS
 
-__all__ = ["check_inference_only", "check_qk", "check_qkv", "default_scale", "kernel_backend_available"]
+__all__ = [
+    "check_inference_only", "check_kernel_head_dim", "check_qk", "check_qkv", "default_scale",
+    "kernel_backend_available",
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -59,13 +62,21 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> None:
             f"nheads_q={nheads_q} is not a multiple of nheads_kv={nheads_kv}; GQA needs each KV "
             "head shared by the same number of query heads"
         )
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"head dim {head_dim} is not supported; the kernels are built for {SUPPORTED_HEAD_DIMS}"
-        )
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim (headdim); call .contiguous()")
+
+
+def check_kernel_head_dim(head_dim: int) -> None:
+    """Raise unless the Triton kernels are built for ``head_dim``: the one check that only the
+    kernel path makes (dense attention and the plain-PyTorch backend take any head dim)."""
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        supported = ", ".join(str(d) for d in SUPPORTED_HEAD_DIMS)
+        raise ValueError(
+            f"head dim {head_dim} is not supported by the Triton kernels, which are built for head "
+            f"dims {supported}; dense attention (sampleattn.dense_attention, or calls below "
+            "dense_below) takes any head dim, and so does backend='torch' (small inputs only)"
+        )
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True) -> None:

@@ -189,3 +189,20 @@ def test_the_sparse_path_refuses_to_detach_gradients(backend):
     out = sample_attention(q[:, :32], k[:, :32], v[:, :32], config, backend=backend)
     out.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+# -- head dims ------------------------------------------------------------------------------------
+
+
+def test_head_dim_80_runs_dense_and_on_the_torch_backend_but_not_in_the_kernels():
+    q, k, v = qkv(1, 64, 64, 2, 1, 80, torch.float32)
+    ref = attention_ref(q, k, v)
+    assert rel_err(dense_attention(q, k, v), ref) < 1e-5
+    assert rel_err(sample_attention(q, k, v, SampleAttentionConfig()), ref) < 1e-5  # below dense_below
+    exact = cfg(alpha=1.0)  # every column: exact through the torch backend's plan and mask
+    assert rel_err(sample_attention(q, k, v, exact, backend="torch"), ref) < 1e-5
+    with pytest.raises(ValueError, match=re.escape("head dim 80 is not supported by the Triton kernels, "
+                                                   "which are built for head dims 64, 96, 128, 256")):
+        sample_attention(q, k, v, exact, backend="triton")
+    with pytest.raises(ValueError, match="head dim 80"):
+        plan(q, k, exact)
