@@ -17,7 +17,8 @@ from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
 from .validation import (
-    check_inference_only, check_kernel_head_dim, check_qkv, default_scale, kernel_backend_available,
+    check_head_overrides, check_inference_only, check_kernel_head_dim, check_qkv, default_scale,
+    kernel_backend_available,
 )
 
 __all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
@@ -162,6 +163,7 @@ def sample_attention(
     """
     config = config or SampleAttentionConfig()
     check_qkv(q, k, v, causal=causal)
+    check_head_overrides(heads, q.shape[2])
     scale = default_scale(q, scale)
     chosen = resolve_backend(q, backend)
     dense = k.shape[1] < config.dense_below

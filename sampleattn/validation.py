@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 
 from .config import SUPPORTED_HEAD_DIMS
 
 __all__ = [
-    "check_inference_only", "check_kernel_head_dim", "check_qk", "check_qkv", "default_scale",
-    "kernel_backend_available",
+    "check_head_overrides", "check_inference_only", "check_kernel_head_dim", "check_qk", "check_qkv",
+    "default_scale", "kernel_backend_available",
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -89,6 +90,16 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         raise ValueError(f"v is {v.dtype} on {v.device} but k is {k.dtype} on {k.device}; they must match")
     if v.stride(-1) != 1:
         raise ValueError("v must be contiguous in its last dim (headdim); call .contiguous()")
+
+
+def check_head_overrides(heads: Mapping[int, object] | None, nheads_q: int) -> None:
+    """Raise if a head override (``heads``: query-head index -> override) names a query head
+    that the call does not have; checked on every path, dense included, so that a wrong index
+    fails at any length rather than only where the sparse path reads it."""
+    for head in heads or ():
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < nheads_q:
+            raise ValueError(f"a head override names head {head!r}, but the call has {nheads_q} query "
+                             f"heads (indices 0..{nheads_q - 1})")
 
 
 def check_inference_only(*tensors: torch.Tensor) -> None:

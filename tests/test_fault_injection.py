@@ -206,3 +206,45 @@ def test_head_dim_80_runs_dense_and_on_the_torch_backend_but_not_in_the_kernels(
         sample_attention(q, k, v, exact, backend="triton")
     with pytest.raises(ValueError, match="head dim 80"):
         plan(q, k, exact)
+
+
+# -- layer and head indices -----------------------------------------------------------------------
+
+
+def _profile():
+    return ModelAttentionProfile(config=SampleAttentionConfig(alpha=0.9),
+                                 layers={1: LayerOverride(alpha=0.99, heads={1: HeadOverride(window_ratio=0.5)})})
+
+
+@pytest.mark.parametrize("as_custom_op", [False, True])
+@pytest.mark.parametrize("layer, message", [(-1, "negative"), ("1", "must be an int"), (True, "must be an int"),
+                                            (1.0, "must be an int")], ids=["negative", "str", "bool", "float"])
+def test_a_layer_index_that_names_no_layer_is_refused(as_custom_op, layer, message):
+    q, k, v = qkv(1, 32, 32, 2, 1, 64, torch.float32)
+    attn = SampleAttention(_profile(), as_custom_op=as_custom_op)
+    with pytest.raises(ValueError, match=message):
+        attn(q, k, v, layer=layer)
+    with pytest.raises(ValueError, match=message):
+        attn.config_for(layer)
+
+
+def test_layer_range_is_checked_against_the_geometry_when_known():
+    q, k, v = qkv(1, 32, 32, 2, 1, 64, torch.float32)
+    free = SampleAttention(_profile())
+    assert free.config_for(99) == free.profile.config  # no geometry: the global config
+    assert free(q, k, v, layer=99).shape == q.shape
+    bound = SampleAttention(_profile(), geometry=Geometry(num_layers=4, nheads_q=2, nheads_kv=1, head_dim=64))
+    with pytest.raises(ValueError, match="out of range for a model of 4 layers"):
+        bound(q, k, v, layer=4)
+    assert bound(q, k, v, layer=3).shape == q.shape
+
+
+def test_a_head_override_beyond_the_call_is_refused_at_every_length():
+    q, k, v = qkv(1, 32, 32, 1, 1, 64, torch.float32)  # one query head; the profile overrides head 1
+    attn = SampleAttention(_profile())
+    assert attn(q, k, v, layer=0).shape == q.shape  # layer 0 has no head override
+    for config in (SampleAttentionConfig(), cfg()):  # dense (below dense_below) and sparse
+        with pytest.raises(ValueError, match=r"names head 1, but the call has 1 query heads"):
+            sample_attention(q, k, v, config, heads={1: HeadOverride(alpha=0.5)})
+    with pytest.raises(ValueError, match="names head 1"):
+        attn(q, k, v, layer=1)
