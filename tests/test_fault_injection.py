@@ -248,3 +248,62 @@ def test_a_head_override_beyond_the_call_is_refused_at_every_length():
             sample_attention(q, k, v, config, heads={1: HeadOverride(alpha=0.5)})
     with pytest.raises(ValueError, match="names head 1"):
         attn(q, k, v, layer=1)
+
+
+# -- calibration cache: a capture killed midway ---------------------------------------------------
+
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from sampleattn.tuner.calibration import temp_folder_for
+tmp = temp_folder_for(Path(sys.argv[1]))
+tmp.mkdir(parents=True)
+(tmp / "layer_000.safetensors").write_bytes(b"partial")
+print(tmp, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_captures_temporary_folder_is_removed_on_the_next_start(tmp_path):
+    from sampleattn.tuner.calibration import STALE_TEMP_SECONDS, CalibrationCache, temp_folder_for
+
+    root = tmp_path / "calibration"
+    entry = root / "model" / "L128_group" / "sample_0000"
+    child = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(entry)], capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL
+    killed = root / "model" / "L128_group" / child.stdout.strip().rpartition("/")[2]
+    assert killed.is_dir()
+    live = temp_folder_for(entry)  # this process's own write in progress: kept
+    live.mkdir()
+    old = entry.parent / ".tmp-sample_0001-1234-abcd1234"  # an old name without a host, a day old
+    old.mkdir()
+    os.utime(old, (time.time() - STALE_TEMP_SECONDS - 60,) * 2)
+
+    cache = CalibrationCache(root)
+    assert not killed.exists() and not old.exists()
+    assert live.is_dir()
+    assert cache.entries() == []
+
+
+def test_a_capture_that_fails_midway_leaves_no_entry(smollm2, essays, tmp_path):
+    from sampleattn.tuner.calibration import CalibrationCache
+
+    model, tokenizer = smollm2
+    cache = CalibrationCache(tmp_path / "calibration")
+
+    def fail(module, args, output):
+        raise RuntimeError("simulated failure after three layers were written")
+
+    handle = model.model.layers[3].register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            cache.get_or_capture(model, tokenizer, text=essays, length=64, sample=0)
+    finally:
+        handle.remove()
+    key = cache.key_for(model, text=essays, length=64, sample=0)
+    assert not cache.has(key) and not cache.path(key).exists()
+    assert cache.entries() == []
+    assert not list(cache.root.glob("**/.tmp-*"))  # its temporary folder is gone too
+    # The next capture of the same sample completes.
+    sample = cache.get_or_capture(model, tokenizer, text=essays, length=64, sample=0)
+    assert sample.layers == list(range(30)) and cache.has(key)
