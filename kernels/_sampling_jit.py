@@ -9,7 +9,9 @@ results are deterministic):
 1. `sampled_row_stats_kernel`: per sampled row and query head, the log-sum-exp over all
    visible keys (log2 domain) and, for the plan's reports only, the share of the row's mass
    inside its own window (stage 2 gets the window mass from the column scores instead: a row's
-   mass outside its window is what it adds to the scores, and its whole mass is 1).
+   mass outside its window is what it adds to the scores, and its whole mass is 1). A row
+   whose log-sum-exp is not finite (a NaN or Inf in its query or in a key it sees) gets
+   lse2 = +inf, as a padding slot: the later passes then leave it out of the estimate.
 2. `column_scores_kernel`: per key tile and selection head (one query head, or all query heads
    of a KV group), ``c_j = sum_r P_rj [j <= p_r - w]`` over the sampled rows of a segment.
 3. `stripe_mass_kernel`: per sampled row, the mass that the selected columns keep outside its
@@ -138,12 +140,15 @@ def sampled_row_stats_kernel(
         m_i, l_in, l_out = _sampled_lse_step(m_i, l_in, l_out, s, qk_scale, inside, TRACK_WINDOW=TRACK_WINDOW)
 
     total = l_in + l_out
-    has_keys = r_mask & (total > 0.0)
-    lse2 = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, total, 1.0)), float("inf"))
+    has_keys = r_mask & (total > 0.0)  # False for a NaN total too
+    lse2 = m_i + tl.log2(tl.where(has_keys, total, 1.0))
+    # The row's one finiteness flag: a non-finite row is stored as +inf, as padding (left out).
+    usable = has_keys & (tl.abs(lse2) < float("inf"))
+    lse2 = tl.where(usable, lse2, float("inf"))
     out = b * stride_lb + h64 * stride_lh + slots
     tl.store(LSE2 + out, lse2)
     if TRACK_WINDOW:
-        wmass = tl.where(has_keys, l_in / tl.where(has_keys, total, 1.0), 1.0)
+        wmass = tl.where(usable, l_in / tl.where(usable, total, 1.0), 1.0)
         tl.store(WMASS + out, wmass)
 
 
@@ -153,13 +158,15 @@ def _column_score_tile(acc, q_base, K_T, LSE2_BASE, ROWS, rb, offs_n, offs_d, d_
                        BLOCK_S: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """Add row block ``rb``'s probabilities on the key tile (``K_T``: (BLOCK_D, BLOCK_N)) into
     the (BLOCK_S, BLOCK_N) accumulator. Unmasked blocks are those whose every real row sees the
-    whole tile left of its window; padding slots have lse2 = +inf and so add exp2(-inf) = 0."""
+    whole tile left of its window. Padding slots and left-out rows (non-finite statistics) have
+    lse2 = +inf and a zero query tile, so they add exp2(0 - inf) = 0 (a NaN that a non-finite
+    key makes of them is cleared by the caller)."""
     slots = rb * BLOCK_S + tl.arange(0, BLOCK_S)
     rows = tl.load(ROWS + slots)
-    r_mask = rows >= 0
+    lse2 = tl.load(LSE2_BASE + slots)
+    r_mask = (rows >= 0) & (lse2 < float("inf"))
     q = tl.load(q_base + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
                 mask=r_mask[:, None] & d_mask[None, :], other=0.0)
-    lse2 = tl.load(LSE2_BASE + slots)
     s = tl.dot(q, K_T, input_precision=DOT_PRECISION)
     p = tl.exp2(s * qk_scale - lse2[:, None])  # one fused multiply-add per score
     if MASKED:
@@ -226,6 +233,9 @@ def column_scores_kernel(
                                      stride_qm, seqlen_q, seqlen_k, qk_scale,
                                      BLOCK_S=BLOCK_S, DOT_PRECISION=DOT_PRECISION, MASKED=False)
     score = tl.sum(acc, 0)
+    # A NaN here comes only from a zero query tile (padding, or a left-out row) against a
+    # non-finite key; every usable row that sees that key was left out, so its score is 0.
+    score = tl.where(score == score, score, 0.0)
     tl.store(SCORES + b * stride_sb + sel_h.to(tl.int64) * stride_sh + seg * stride_ss + offs_n,
              score, mask=n_mask)
 
@@ -269,6 +279,6 @@ def stripe_mass_kernel(
         k = tl.load(k_base + cols[:, None].to(tl.int64) * stride_kn + offs_d[None, :],
                     mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        keep = r_mask[:, None] & c_mask[None, :] & (cols[None, :] <= (pos - w)[:, None])
+        keep = (r_mask & (lse2 < float("inf")))[:, None] & c_mask[None, :] & (cols[None, :] <= (pos - w)[:, None])
         mass += tl.sum(tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0), 1)
     tl.store(STRIPE + b * stride_lb + h64 * stride_lh + slots, mass)

@@ -272,8 +272,9 @@ def sparse_attention_fwd_kernel(
                                 seqlen_k, right_lo, band_hi, offs_d, d_mask, qk_scale,
                                 BLOCK_N=BLOCK_N, MASKED=True, DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
 
-    # A row that kept no key (an empty window and no column) outputs 0, never NaN.
-    has_keys = l_i > 0.0
+    # A row that kept no key (an empty window and no column) outputs 0, never NaN; a NaN sum
+    # (a NaN or Inf in the row's query or kept keys) stays NaN, in the output and the lse.
+    has_keys = l_i != 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     if not LSE_ONLY:
         o_base = O + b * stride_ob + h64 * stride_oh

@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
-from .validation import check_qkv, default_scale, kernel_backend_available
+from .validation import (
+    check_head_overrides, check_inference_only, check_kernel_head_dim, check_qkv, default_scale,
+    kernel_backend_available,
+)
 
 __all__ = ["Backend", "dense_attention", "resolve_backend", "sample_attention", "sparse_attention"]
 
@@ -60,8 +63,11 @@ def sparse_attention(
             plan.segment_rows; None takes the largest of 128, 64, 32, 16 that does.
     Returns:
         out (B, Sq, Hq, D) in q's dtype (and lse).
+    Raises:
+        ValueError: also when autograd is on and an input requires grad (inference only).
     """
     check_qkv(q, k, v)
+    check_inference_only(q, k, v)
     expected = (plan.batch, plan.seqlen_q, plan.nheads_q)
     got = (q.shape[0], q.shape[1], q.shape[2])
     if got != expected or (k.shape[1], k.shape[2]) != (plan.seqlen_k, plan.nheads_kv):
@@ -77,6 +83,7 @@ def sparse_attention(
         return sparse_attention_ref(q, k, v, plan, return_lse=return_lse)
     from sampleattn.kernels import sparse_attention_fwd
 
+    check_kernel_head_dim(q.shape[-1])
     if block_m is None:
         block_m = next(b for b in (128, 64, 32, 16) if plan.segment_rows % b == 0)
     blocks = {}
@@ -146,6 +153,9 @@ def sample_attention(
     key (`SampleAttentionConfig.keeps_everything`), and when the plan's mean density is above
     ``config.dense_above``; the plan returned is then None, except in the last case (with
     ``return_lse`` the dense path runs the kernel with a full window, still exact).
+    Only the dense attention path (PyTorch SDPA) gives gradients: a call that runs the kernels
+    while autograd is on and an input requires grad raises `ValueError` (wrap inference in
+    ``torch.no_grad()`` or ``torch.inference_mode()``).
 
     Args:
         q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D), Sq <= Sk.
@@ -159,6 +169,7 @@ def sample_attention(
     """
     config = config or SampleAttentionConfig()
     check_qkv(q, k, v, causal=causal)
+    check_head_overrides(heads, q.shape[2])
     scale = default_scale(q, scale)
     chosen = resolve_backend(q, backend)
     # A config that keeps every key is dense attention (unless head overrides make heads sparse).
@@ -167,6 +178,7 @@ def sample_attention(
     if dense and not return_lse:
         out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
     else:
+        check_inference_only(q, k, v)  # before planning: a refused call costs nothing
         # Dense through the kernel (for the lse): a full window, and the paper's rule (no passes).
         run_config = SampleAttentionConfig(alpha=1.0, window_ratio=1.0, block_m=config.block_m,
                                            block_n=config.block_n, dense_below=0) if dense else config

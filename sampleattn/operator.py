@@ -7,6 +7,7 @@ to dense attention. `SampleAttention.from_profile` loads a tuned profile from th
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -134,7 +135,26 @@ class SampleAttention:
 
     def config_for(self, layer: int) -> SampleAttentionConfig:
         """The config used for one layer."""
-        return self.profile.layer_config(layer)
+        return self.profile.layer_config(self.check_layer(layer))
+
+    def check_layer(self, layer: int) -> int:
+        """``layer`` as an int, or `ValueError` when it cannot name a layer of the model.
+
+        A layer index is an int >= 0 (not a bool, not a string: ``"1"`` would silently miss the
+        profile's override of layer 1), and below ``geometry.num_layers`` when the geometry is
+        known. Without a geometry, an index past the profile's highest override is accepted: the
+        global config applies to it, as to every layer without an override.
+        """
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise ValueError(f"layer={layer!r} must be an int (the layer's index, from 0), "
+                             f"got {type(layer).__name__}")
+        layer = int(layer)
+        if layer < 0:
+            raise ValueError(f"layer={layer} is negative: layers are indexed from 0 (count from the "
+                             "first layer, not from the end)")
+        if self.geometry is not None and layer >= self.geometry.num_layers:
+            raise ValueError(f"layer={layer} is out of range for a model of {self.geometry.num_layers} layers")
+        return layer
 
     def __call__(
         self,
@@ -152,10 +172,9 @@ class SampleAttention:
         Dense (PyTorch SDPA) below the layer's ``dense_below`` keys; SampleAttention above.
         With ``as_custom_op`` the call goes through the custom op, which returns the output only.
         """
+        layer = self.check_layer(layer)
         if self.geometry is not None:
             g = self.geometry
-            if not 0 <= layer < g.num_layers:
-                raise ValueError(f"layer={layer} is out of range for a model of {g.num_layers} layers")
             if (q.shape[2], k.shape[2], q.shape[3]) != (g.nheads_q, g.nheads_kv, g.head_dim):
                 raise ValueError(
                     f"q/k have (nheads_q, nheads_kv, headdim)=({q.shape[2]}, {k.shape[2]}, {q.shape[3]}) "

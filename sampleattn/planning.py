@@ -19,7 +19,7 @@ import torch
 from .config import HeadOverride, SampleAttentionConfig, ceil_ratio
 from .sampling import SampledRows, choose_sampled_rows
 from .selection import density_per_head
-from .validation import check_qk, default_scale, kernel_backend_available
+from .validation import check_kernel_head_dim, check_qk, default_scale, kernel_backend_available
 
 __all__ = [
     "KeyBlocks", "PlanSetup", "RowStatistics", "SparsePlan", "counted_pairs", "head_parameters", "make_plan",
@@ -73,6 +73,10 @@ class SparsePlan:
         scores: (B, Hsel, n_seg, Sk) fp32 column scores (sum over sampled rows of the mass
             outside each row's window), or None.
         sampled_rows: (n_rows,) int64 the sampled query rows.
+        nonfinite_rows: (B, Hq) int32 sampled rows left out of the estimate because their
+            statistics were not finite (a NaN or Inf in the row's query or in a key it sees):
+            they add nothing to the scores, the window mass or the reports. None for plans
+            made by hand.
         candidate_density: (B, Hq) fp32 density of the window plus the candidates, for
             the rescored rule with reports (None otherwise); ranking_fraction: the share of query rows
             that ranked them. Their product, about, is the rescoring passes' cost in units of
@@ -105,6 +109,7 @@ class SparsePlan:
     blocks: KeyBlocks | None = field(default=None, repr=False)
     block_scores: torch.Tensor | None = field(default=None, repr=False)
     estimate_cost: float = 0.0
+    nonfinite_rows: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def q_per_sel(self) -> int:
@@ -225,10 +230,12 @@ def reach_per_segment(
 
 def counted_pairs(
     rows: SampledRows, window: torch.Tensor, *, batch: int, seqlen_q: int, seqlen_k: int, q_per_sel: int,
+    finite: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which (row, head) pairs of the sampled rows count, from the shapes alone.
+    """Which (row, head) pairs of the sampled rows count.
 
-    A pair counts when the row is real and sees keys outside the head's window (``p >= w``).
+    A pair counts when the row is real and sees keys outside the head's window (``p >= w``),
+    and, with ``finite`` ((B, Hq, n_slots) bool), when its statistics are finite.
 
     Returns:
         counted: (B, Hq, n_slots) bool; onehot: (n_slots, n_seg) fp32 segment of each slot;
@@ -239,6 +246,8 @@ def counted_pairs(
     pos = seqlen_k - seqlen_q + slot_rows
     w = window.to(device, torch.int64).view(1, -1, 1)
     counted = ((slot_rows >= 0).view(1, 1, -1) & (pos.view(1, 1, -1) >= w)).expand(batch, -1, -1)
+    if finite is not None:
+        counted = counted & finite
     slot_seg = rows.block_seg.to(device, torch.int64).repeat_interleave(rows.block)
     n_seg = rows.seg_blocks.numel() - 1
     # (n_slots, n_seg); a comparison, not F.one_hot, whose range check synchronises the GPU
@@ -266,7 +275,7 @@ def window_mass_from_scores(scores: torch.Tensor, n_counted: torch.Tensor) -> to
 
 def summarize_rows(
     wmass: torch.Tensor, stripe: torch.Tensor, rows: SampledRows, window: torch.Tensor, *,
-    seqlen_q: int, seqlen_k: int, q_per_sel: int,
+    seqlen_q: int, seqlen_k: int, q_per_sel: int, finite: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row statistics of the sampled rows into the selection's inputs and the reports.
 
@@ -275,15 +284,16 @@ def summarize_rows(
             (``stripe`` may be None before selection).
     Returns:
         window_sum (B, Hsel, n_seg), counted (B, Hsel, n_seg), retained_mean (B, Hq),
-        retained_min (B, Hq). A (row, head) pair counts when the row is real and ``p >= w``.
+        retained_min (B, Hq). A (row, head) pair counts when the row is real, ``p >= w`` and
+        (with ``finite``, (B, Hq, n_slots) bool) its statistics are finite.
     """
     batch, nheads_q, n_slots = wmass.shape
     counted, onehot, n_counted = counted_pairs(rows, window.to(wmass.device), batch=batch, seqlen_q=seqlen_q,
-                                               seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+                                               seqlen_k=seqlen_k, q_per_sel=q_per_sel, finite=finite)
     n_seg = onehot.shape[1]
-    weight = counted.to(torch.float32)
-    window_sum = torch.einsum("bhs,sg->bhg", wmass * weight, onehot)
     n_sel = nheads_q // q_per_sel
+    # torch.where, not a product: a left-out row's NaN must not reach the sums.
+    window_sum = torch.einsum("bhs,sg->bhg", torch.where(counted, wmass, 0.0), onehot)
     window_sum = window_sum.view(batch, n_sel, q_per_sel, n_seg).sum(dim=2)
     retained = (wmass + stripe).clamp(max=1.0)
     any_counted = counted.any(dim=-1)
@@ -398,12 +408,16 @@ class RowStatistics:
     lse2: (B, Hq, n_slots) fp32 log-sum-exp of each sampled row's ``scale * log2(e) * q.k`` over
         its visible keys (+inf for padding slots), or None: rules that measure the retained mass
         of other parts of the mask read it.
+    finite: (B, Hq, n_slots) bool, whether each sampled row's statistics are finite; rows
+        without are left out of the window mass, the counts and the reports (their scores are
+        already 0), and counted in the plan's ``nonfinite_rows``. None: all are.
     """
 
     scores: torch.Tensor
     wmass: torch.Tensor | None
     stripe_mass_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     lse2: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
 
 
 def row_statistics(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor, *, reports: bool) -> RowStatistics:
@@ -419,7 +433,8 @@ def row_statistics(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor, *, report
     scores = column_scores(q, k, rows.rows, window, lse2, rows.seg_blocks, q_per_sel=setup.q_per_sel,
                            tile_ranges=_score_tiles(setup), **common)
     return RowStatistics(
-        scores=scores, wmass=wmass, lse2=lse2,
+        # rows whose statistics are not finite got lse2 = +inf, as padding slots: left out
+        scores=scores, wmass=wmass, lse2=lse2, finite=lse2 < float("inf"),
         stripe_mass_of=lambda col_idx, col_count: stripe_mass(
             q, k, rows.rows, window, lse2, rows.block_seg, col_idx, col_count,
             q_per_sel=setup.q_per_sel, **common),
@@ -431,9 +446,11 @@ def selection_inputs(setup: PlanSetup, stats: RowStatistics) -> tuple[torch.Tens
     """(window_sum, n_counted), both (B, Hsel, n_seg) fp32: the column selection's inputs."""
     if stats.wmass is None:
         n_counted = setup.n_counted_dev.expand(setup.batch, -1, -1)
+        if stats.finite is not None:
+            n_counted = n_counted - _left_out_pairs(setup, stats.finite)
         return window_mass_from_scores(stats.scores, n_counted), n_counted
     window_sum, n_counted, _, _ = summarize_rows(stats.wmass, torch.zeros_like(stats.wmass), setup.rows,
-                                                 setup.window_dev, **setup.shape)
+                                                 setup.window_dev, finite=stats.finite, **setup.shape)
     return window_sum, n_counted
 
 
@@ -446,6 +463,7 @@ def make_plan(
     retained mass: measured on the stripes by ``stats.stripe_mass_of`` unless the rule gives
     ``retained`` = (mean, min), each (B, Hq), itself. ``extra`` fills the rule's own fields."""
     retained_mean = retained_min = None
+    finite = stats.finite if stats is not None else None
     if reports and retained is not None:
         retained_mean, retained_min = retained
     elif reports:
@@ -453,7 +471,10 @@ def make_plan(
             raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
         stripe = stats.stripe_mass_of(col_idx, col_count)
         _, _, retained_mean, retained_min = summarize_rows(stats.wmass, stripe, setup.rows, setup.window_dev,
-                                                           **setup.shape)
+                                                           finite=finite, **setup.shape)
+    nonfinite_rows = None
+    if finite is not None:
+        nonfinite_rows = (_real_slots(setup.shape_key) & ~finite).sum(dim=-1, dtype=torch.int32)
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows,
                                blocks=blocks, **setup.shape)
     return SparsePlan(
@@ -462,8 +483,31 @@ def make_plan(
         scale=setup.scale, window=setup.window_dev, col_idx=col_idx, col_count=col_count,
         retained_mean=retained_mean, retained_min=retained_min, density=density,
         sampled_rows=setup.rows.valid_rows, scores=stats.scores if keep_scores and stats is not None else None,
-        blocks=blocks, estimate_cost=config.selection.estimation_cost(config), **extra,
+        blocks=blocks, estimate_cost=config.selection.estimation_cost(config), nonfinite_rows=nonfinite_rows, **extra,
     )
+
+
+@functools.lru_cache(maxsize=128)
+def _counted_slots(shape_key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """`counted_pairs`' (1, Hq, n_slots) mask and (n_slots, n_seg) one-hot for a shape set-up."""
+    shared = _shape_setup(*shape_key)
+    counted, onehot, _ = counted_pairs(shared["rows"], shared["window_dev"], batch=1, seqlen_q=shape_key[5],
+                                       seqlen_k=shape_key[6], q_per_sel=shared["q_per_sel"])
+    return counted, onehot
+
+
+@functools.lru_cache(maxsize=128)
+def _real_slots(shape_key: tuple) -> torch.Tensor:
+    """(1, 1, n_slots) bool: which slots of a shape set-up's sampled rows are real rows."""
+    return (_shape_setup(*shape_key)["rows"].rows >= 0).view(1, 1, -1)
+
+
+def _left_out_pairs(setup: PlanSetup, finite: torch.Tensor) -> torch.Tensor:
+    """(B, Hsel, n_seg) fp32 counted pairs whose statistics are not finite (``finite``:
+    (B, Hq, n_slots) bool): a few small device operations, no host synchronisation."""
+    counted, onehot = _counted_slots(setup.shape_key)
+    left_out = torch.einsum("bhs,sg->bhg", (counted & ~finite).to(torch.float32), onehot)
+    return left_out.view(setup.batch, -1, setup.q_per_sel, onehot.shape[1]).sum(dim=2)
 
 
 def plan(
@@ -491,6 +535,7 @@ def plan(
     """
     setup = prepare_plan(q, k, config, causal=causal, scale=scale, heads=heads)
     kernel_backend_available(q)
+    check_kernel_head_dim(q.shape[-1])
     return config.selection.plan(setup, q, k, config, keep_scores=keep_scores, reports=reports)
 
 

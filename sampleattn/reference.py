@@ -1,7 +1,8 @@
 """Plain-PyTorch oracles, with the signatures of the kernel path, for small inputs.
 
 * `attention_ref`: exact dense attention (fp32 accumulation by default), bottom-right causal,
-  GQA, an optional boolean mask; a row with no visible key gives 0 (and lse -inf).
+  GQA, an optional boolean mask; a row with no visible key gives 0 (and lse -inf), while a NaN
+  or Inf among a row's scores gives that row what the math gives (NaN), never 0.
 * `plan_ref`: stages 1-2 computed from dense softmax rows of the sampled rows (and, for the
   rescoring selection, of the ranking rows: `rescore_ref`).
 * `sparse_attention_ref`: dense attention under ``plan.to_dense()``.
@@ -24,7 +25,7 @@ from .rescoring import ranking_rows
 from .validation import check_qkv
 
 __all__ = [
-    "attention_ref", "attention_rows_ref", "causal_mask", "plan_mask_rows", "plan_ref",
+    "attention_ref", "attention_rows_ref", "causal_mask", "masked_softmax", "plan_mask_rows", "plan_ref",
     "relative_error", "rescore_ref", "row_statistics_ref", "sample_attention_ref", "sparse_attention_ref",
 ]
 
@@ -43,6 +44,19 @@ def causal_mask(seqlen_q: int, seqlen_k: int, device: torch.device | str = "cpu"
     i = torch.arange(seqlen_q, device=device).view(-1, 1)
     j = torch.arange(seqlen_k, device=device).view(1, -1)
     return j <= i + (seqlen_k - seqlen_q)
+
+
+def masked_softmax(s: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``s`` over its last dim, over the entries where ``keep`` (broadcastable) is True.
+
+    A row that keeps nothing gives zeros (the convention for a row with no visible key), not the
+    NaN of a softmax over -inf alone. NaN or Inf among a row's kept scores are not hidden: the
+    row's kept entries are NaN, as the math gives them (its dropped entries stay 0).
+    """
+    s = s.masked_fill(~keep, float("-inf"))
+    any_kept = keep.any(dim=-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~any_kept, 0.0), dim=-1)
+    return torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device))
 
 
 def _expand_kv(t: torch.Tensor, nheads_q: int) -> torch.Tensor:
@@ -85,9 +99,8 @@ def attention_ref(
     keep = keep.expand_as(s)
     if mask is not None:
         keep = keep & mask.to(q.device)
-    s = s.masked_fill(~keep, float("-inf"))
-    lse = torch.logsumexp(s.float(), dim=-1)
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no key: 0, not NaN
+    lse = torch.logsumexp(s.masked_fill(~keep, float("-inf")).float(), dim=-1)
+    p = masked_softmax(s, keep)
     out = torch.matmul(p, vh).transpose(1, 2).to(q.dtype)
     return (out, lse) if return_lse else out
 
@@ -104,9 +117,12 @@ def row_statistics_ref(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor) -> Ro
     pos = (setup.seqlen_k - setup.seqlen_q + slot_rows).view(1, 1, -1, 1)
     j = torch.arange(setup.seqlen_k, device=q.device).view(1, 1, 1, -1)
     visible = (j <= pos) & real.view(1, 1, -1, 1)
-    s = s.masked_fill(~visible, float("-inf"))
-    lse2 = torch.where(real.view(1, 1, -1), torch.logsumexp(s, dim=-1) / math.log(2.0), float("inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    # A row whose log-sum-exp is not finite (a NaN or Inf in its query or its visible keys) is
+    # left out of the estimate, as the kernels leave it out: it adds nothing to the scores.
+    lse = torch.logsumexp(s.masked_fill(~visible, float("-inf")), dim=-1)
+    finite = torch.isfinite(lse)
+    lse2 = torch.where(real.view(1, 1, -1) & finite, lse / math.log(2.0), float("inf"))
+    p = torch.where(finite.unsqueeze(-1), masked_softmax(s, visible), 0.0)
     outside = (j <= pos - window.to(torch.int64).view(1, -1, 1, 1)) & visible
     wmass = torch.where(visible & ~outside, p, 0.0).sum(-1)
     wmass = torch.where(visible.any(-1), wmass, torch.ones_like(wmass))
@@ -123,7 +139,7 @@ def row_statistics_ref(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor) -> Ro
         member = member[..., : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1)[:, :, slot_seg, :]
         return torch.where(member, p_out, 0.0).sum(-1)
 
-    return RowStatistics(scores=scores, wmass=wmass, stripe_mass_of=stripe_mass_of, lse2=lse2)
+    return RowStatistics(scores=scores, wmass=wmass, stripe_mass_of=stripe_mass_of, lse2=lse2, finite=finite)
 
 
 def plan_ref(
@@ -171,7 +187,9 @@ def rescore_ref(
         s = torch.matmul(q[:, rows][:, :, heads].transpose(1, 2).float(),
                          k[:, :, kv].float().transpose(-1, -2).unsqueeze(1)) * scale
         keep = band[:, heads] | (left[:, heads] & member[:, heads])
-        p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
+        # Ranking rows with a non-finite log-sum-exp rank nothing (as in the kernel).
+        finite = torch.isfinite(torch.logsumexp(s.masked_fill(~keep, float("-inf")), dim=-1))
+        p = torch.where(finite.unsqueeze(-1), masked_softmax(s, keep), 0.0)
         mass[:, heads] = torch.where(left[:, heads] & member[:, heads], p, 0.0).sum(dim=2)
     mass = mass.view(batch, n_sel, q_per_sel, seqlen_k).sum(dim=2)
     padded = torch.cat([mass, torch.zeros(batch, n_sel, 1, device=q.device)], dim=2)
@@ -256,7 +274,6 @@ def attention_rows_ref(
         keep = (j <= pos).view(1, 1, len(rows), seqlen_k)
         if mask is not None:
             keep = keep & mask[:, heads]
-        s = s.masked_fill(~keep, float("-inf"))
-        p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        p = masked_softmax(s, keep)
         out[:, heads] = torch.matmul(p, v[:, :, kv].float().unsqueeze(1))
     return out.transpose(1, 2)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 
 from .config import SUPPORTED_HEAD_DIMS
 
-__all__ = ["check_qk", "check_qkv", "default_scale", "kernel_backend_available"]
+__all__ = [
+    "check_head_overrides", "check_inference_only", "check_kernel_head_dim", "check_qk", "check_qkv",
+    "default_scale", "kernel_backend_available",
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -59,13 +63,21 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, *, causal: bool = True) -> None:
             f"nheads_q={nheads_q} is not a multiple of nheads_kv={nheads_kv}; GQA needs each KV "
             "head shared by the same number of query heads"
         )
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"head dim {head_dim} is not supported; the kernels are built for {SUPPORTED_HEAD_DIMS}"
-        )
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dim (headdim); call .contiguous()")
+
+
+def check_kernel_head_dim(head_dim: int) -> None:
+    """Raise unless the Triton kernels are built for ``head_dim``: the one check that only the
+    kernel path makes (dense attention and the plain-PyTorch backend take any head dim)."""
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        supported = ", ".join(str(d) for d in SUPPORTED_HEAD_DIMS)
+        raise ValueError(
+            f"head dim {head_dim} is not supported by the Triton kernels, which are built for head "
+            f"dims {supported}; dense attention (sampleattn.dense_attention, or calls below "
+            "dense_below) takes any head dim, and so does backend='torch' (small inputs only)"
+        )
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True) -> None:
@@ -78,6 +90,32 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         raise ValueError(f"v is {v.dtype} on {v.device} but k is {k.dtype} on {k.device}; they must match")
     if v.stride(-1) != 1:
         raise ValueError("v must be contiguous in its last dim (headdim); call .contiguous()")
+
+
+def check_head_overrides(heads: Mapping[int, object] | None, nheads_q: int) -> None:
+    """Raise if a head override (``heads``: query-head index -> override) names a query head
+    that the call does not have; checked on every path, dense included, so that a wrong index
+    fails at any length rather than only where the sparse path reads it."""
+    for head in heads or ():
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < nheads_q:
+            raise ValueError(f"a head override names head {head!r}, but the call has {nheads_q} query "
+                             f"heads (indices 0..{nheads_q - 1})")
+
+
+def check_inference_only(*tensors: torch.Tensor) -> None:
+    """Raise if autograd would need a gradient through the sparse path.
+
+    The sparse path (the plan and stage 3) has no backward: its output would come back
+    detached, silently, while the dense path below ``dense_below`` gives gradients. So a sparse
+    call with autograd on and an input that requires grad is refused instead.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError(
+            "the sparse path of SampleAttention is inference-only (it has no backward), but autograd "
+            "is on and q, k or v requires grad: wrap the call in torch.no_grad() or "
+            "torch.inference_mode() for inference (prefill), or use dense attention "
+            "(sampleattn.dense_attention) where gradients are needed (training)"
+        )
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:

@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -66,6 +67,10 @@ __all__ = [
 
 #: Version of the on-disk layout; part of every entry's metadata and path.
 CACHE_FORMAT = 1
+
+#: A temporary capture folder older than this is stale whoever wrote it (a capture takes
+#: minutes); younger ones are removed only when their writer, on this host, has exited.
+STALE_TEMP_SECONDS = 24 * 3600
 
 # --------------------------------------------------------------------------------------------
 # Text
@@ -475,6 +480,9 @@ class CalibrationCache:
 
     ``meta.json`` is written last, in a temporary folder renamed into place, so a folder with a
     ``meta.json`` is always complete; concurrent writers of one entry are safe (the first rename wins).
+    A write that fails removes its temporary folder; one whose process was killed leaves it
+    (``.tmp-sample_*``), and the next `CalibrationCache` on the same root removes it
+    (`remove_stale_temporaries`).
 
     Args:
         root: folder of the cache (default `default_cache_root`).
@@ -497,6 +505,22 @@ class CalibrationCache:
         self.store_dtype = getattr(torch, store_dtype) if isinstance(store_dtype, str) else store_dtype
         self.logit_count = int(logit_count)
         self.stats = CacheStats()
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary folders of captures whose writer died; return their paths.
+
+        A temporary folder is named ``.tmp-<sample>-<random>-<pid>@<host>``. It is stale when
+        its writer ran on this host and is no longer running, or when it is older than
+        `STALE_TEMP_SECONDS` (a writer on another host, or a name without a writer). Folders of
+        live writers are kept, so several processes may share one cache.
+        """
+        removed = []
+        for folder in self.root.glob("*/*/.tmp-*"):
+            if folder.is_dir() and _temp_is_stale(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -611,7 +635,7 @@ class CalibrationCache:
 
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_folder_for(final)
         tmp.mkdir()
         shapes: dict[str, list[int]] = {}
         dtypes: dict[str, str] = {}
@@ -705,6 +729,37 @@ class CalibrationCache:
         if base.exists():
             shutil.rmtree(base)
         return count
+
+
+def temp_folder_for(final: Path) -> Path:
+    """A fresh temporary folder name next to the entry ``final``, naming its writer:
+    ``.tmp-<sample>-<random>-<pid>@<host>`` (`CalibrationCache.remove_stale_temporaries`)."""
+    return final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+
+
+def _temp_is_stale(folder: Path) -> bool:
+    """Whether a capture's temporary folder belongs to no running writer (see
+    `CalibrationCache.remove_stale_temporaries`)."""
+    try:
+        age = time.time() - folder.stat().st_mtime
+    except FileNotFoundError:  # its writer renamed or removed it meanwhile
+        return False
+    if age > STALE_TEMP_SECONDS:
+        return True
+    writer, _, host = folder.name.rpartition("@")
+    pid_text = writer.rpartition("-")[2]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by another user
+        return False
+    return False
 
 
 def _versions() -> dict[str, str | None]:
