@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from sampleattn.config_errors import DescribedModel
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,8 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SelectionRule"]
 
 
-class SelectionRule(BaseModel):
-    """Base of the selection rules (frozen, hashable, no unknown fields)."""
+class SelectionRule(DescribedModel):
+    """Base of the selection rules (frozen, hashable, no unknown fields; out-of-range values are
+    refused with the field's range and meaning, as the config's are)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -49,10 +49,10 @@ class BlockRule(SelectionRule):
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
     name: Literal["block"] = "block"
-    beta: float = Field(0.95, gt=0.0, le=1.0)
-    key_block: int = Field(128, ge=16, le=256)
-    stripes: bool = True
-    sink_blocks: int = Field(1, ge=0)
+    beta: float = Field(0.95, gt=0.0, le=1.0, description="the block-mass target, the share of each query block's estimated mass that its window plus its chosen key blocks keep")
+    key_block: int = Field(128, ge=16, le=256, description="the keys per block, a power of two")
+    stripes: bool = Field(True, description="whether the paper's stripe columns (at the config's alpha) are kept too")
+    sink_blocks: int = Field(1, ge=0, description="how many leading key blocks every query block keeps")
 
     @field_validator("key_block")
     @classmethod

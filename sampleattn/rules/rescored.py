@@ -39,8 +39,8 @@ class RescoredRule(SelectionRule):
 
     summary = "the sampled rule's candidates re-ranked by every query row"
     name: Literal["rescored"] = "rescored"
-    candidate_alpha: float = Field(0.999, gt=0.0, le=1.0)
-    rescore_stride: int = Field(1, ge=1)
+    candidate_alpha: float = Field(0.999, gt=0.0, le=1.0, description="stage A's alpha of the rescored selection, at least alpha")
+    rescore_stride: int = Field(1, ge=1, description="how many query blocks share one ranking block under selection='rescored'")
 
     def check(self, config: "SampleAttentionConfig") -> None:
         if self.candidate_alpha < config.alpha:
