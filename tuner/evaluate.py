@@ -18,13 +18,14 @@ between trials) and evaluates a `ModelAttentionProfile` on them:
   after warm-up, of `sampleattn.sample_attention` with the kernels, against dense SDPA). On the
   CPU it is *estimated* (`estimate_sparse_ms`):
 
-      t_sparse = t_dense * (density + 2 * sampled_fraction)
+      t_sparse = t_dense * (density + estimation_cost)
 
   where ``t_dense`` is the measured time of dense SDPA on the CPU at that shape, ``density`` the
-  fraction of causal pairs the sparse kernel computes and ``sampled_fraction`` the causal pairs of
-  the sampled rows over all causal pairs (stage 1 reads each sampled row twice: once for its
-  log-sum-exp, once for the column scores). Selection (a sort of ``seqlen`` scores per head) and
-  the stripe-mass report are O(seqlen) and left out.
+  fraction of causal pairs the sparse kernel computes and ``estimation_cost`` the plan's passes
+  as the selection rule counts them (`sampleattn.rules.SelectionRule.estimation_cost`; the paper's
+  rule: twice the causal pairs of the sampled rows over all causal pairs, since stage 1 reads each
+  sampled row twice; the block rule: two passes over the pooled keys, ``2 / key_block``).
+  Selection (a sort per head) and the reports are left out.
 
 A layer whose key length is below its config's ``dense_below`` runs dense: error 0, retained
 mass 1, density 1, latency of dense attention.
@@ -54,9 +55,7 @@ __all__ = [
     "ModelEvaluator",
     "TrialResult",
     "estimate_sparse_ms",
-    "ranking_cost",
     "measure_cuda_ms",
-    "sampled_fraction",
 ]
 
 #: Rows per (sample, layer) on which the error is measured.
@@ -119,30 +118,12 @@ class TrialResult:
 # ------------------------------------------------------------------------------------------ timing
 
 
-def sampled_fraction(sampled_rows: torch.Tensor, seqlen_q: int, seqlen_k: int) -> float:
-    """Causal pairs of the sampled rows over all causal pairs (bottom-right alignment).
-
-    sampled_rows: (n,) int64 query-row indices.
-    """
-    offset = seqlen_k - seqlen_q
-    visible = (sampled_rows.double() + offset + 1).clamp(max=seqlen_k).sum().item()
-    total = seqlen_q * offset + seqlen_q * (seqlen_q + 1) / 2
-    return float(visible / total) if total > 0 else 0.0
-
-
-def estimate_sparse_ms(dense_ms: float, density: float, sampled_frac: float, ranking_cost: float = 0.0) -> float:
-    """The CPU's analytic latency of SampleAttention:
-    ``dense_ms * (density + 2 * sampled_frac + ranking_cost)``, where ``ranking_cost`` is the
-    rescoring passes' q.k work in units of dense attention (`ranking_cost`; 0 for the paper's rule)."""
-    return dense_ms * (min(1.0, density) + 2.0 * sampled_frac + ranking_cost)
-
-
-def ranking_cost(plan) -> float:
-    """The rescoring passes' cost in units of dense attention: two q.k-only passes (half an
-    attention each) over the window plus candidates, by the share of rows that rank."""
-    if plan.candidate_density is None:
-        return 0.0
-    return float(plan.candidate_density.mean()) * plan.ranking_fraction
+def estimate_sparse_ms(dense_ms: float, density: float, estimation_cost: float) -> float:
+    """The CPU's analytic latency of SampleAttention: ``dense_ms * (density + estimation_cost)``,
+    ``estimation_cost`` the plan's passes in units of dense attention, as the selection rule
+    counts them (`sampleattn.rules.SelectionRule.estimation_cost`: for the paper's rule, two
+    passes over the sampled rows' pairs)."""
+    return dense_ms * (min(1.0, density) + estimation_cost)
 
 
 def measure_cuda_ms(fn, *, warmup: int = 2, repeats: int = 7) -> float:
@@ -263,8 +244,7 @@ class LayerEvaluator:
                 r_mean.append(float(plan.retained_mean.mean()))
                 r_min.append(float(plan.retained_min.min()))
                 density.append(plan.mean_density)
-                frac.append(sampled_fraction(plan.sampled_rows.cpu(), self.seqlen_q, self.seqlen_k))
-                ranking.append(ranking_cost(plan))
+                frac.append(config.selection.estimation_cost(config, plan))
             for name, values in (("rel_error", errors), ("density", density)):
                 bad = [x for x in values if not math.isfinite(x)]
                 if bad:
@@ -274,7 +254,7 @@ class LayerEvaluator:
                 q, k, v, _, _ = self.data[0][layer]
                 latency = self._sparse_cuda_ms(q, k, v, config, heads)
             else:
-                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac), statistics.fmean(ranking))
+                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac))
             layers[layer] = LayerMetrics(
                 rel_error=statistics.fmean(errors), retained_mean=statistics.fmean(r_mean),
                 retained_min=min(r_min), density=dens, latency_ms=latency, dense_latency_ms=self.dense_ms,

@@ -30,7 +30,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from sampleattn.config import SampleAttentionConfig
     from sampleattn.planning import PlanSetup, SparsePlan
 
-__all__ = ["SelectionRule"]
+__all__ = ["SelectionRule", "sampled_pair_share"]
+
+
+def sampled_pair_share(config: "SampleAttentionConfig", plan: "SparsePlan | None") -> float:
+    """The causal pairs of the plan's sampled rows over all causal pairs (bottom-right
+    alignment); without a plan, the config's ``sample_ratio``."""
+    if plan is None:
+        return config.sample_ratio
+    offset = plan.seqlen_k - plan.seqlen_q
+    rows = plan.sampled_rows.double().cpu()
+    visible = float((rows + offset + 1).clamp(max=plan.seqlen_k).sum())
+    total = plan.seqlen_q * offset + plan.seqlen_q * (plan.seqlen_q + 1) / 2
+    return visible / total if total > 0 else 0.0
 
 
 class SelectionRule(DescribedModel):
@@ -89,9 +101,11 @@ class SelectionRule(DescribedModel):
 
     # -- cost and search ---------------------------------------------------------------------
     def estimation_cost(self, config: "SampleAttentionConfig", plan: "SparsePlan | None" = None) -> float:
-        """Cost of the plan (estimation and selection) in units of one dense causal attention
-        over the same rows and keys (q.k and P.V counted alike)."""
-        return 2.0 * config.sample_ratio
+        """Cost of the plan's estimation passes in units of one dense causal attention over the
+        same rows and keys, each pass over a share of the pairs counted as that share (the
+        tuner's CPU latency model: ``dense_ms * (density + estimation_cost)``). With a plan, from
+        its sampled rows and reports; without, from the config alone."""
+        raise NotImplementedError
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import Field, field_validator
 
-from .base import SelectionRule
+from .base import SelectionRule, sampled_pair_share
 from .sampled import select_stripes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +33,12 @@ BLK_IDX_ALIGN = 16
 
 
 class BlockRule(SelectionRule):
-    """Window, the paper's stripes at alpha, and key blocks per query block up to ``beta``.
+    """Window, key blocks per query block up to ``beta``, and optionally the paper's stripes.
+
+    The defaults (beta 0.99, no stripes, the first block kept) are the measured near-lossless
+    point: at 128K on the H200 with a 4% window, relative error 0.015 at 2.5x cuDNN
+    (docs/benchmarks.md, "Selection rules at 128K"). Stripes add the sampled rows' passes and,
+    there, no accuracy the blocks do not already give.
 
     Attributes:
         beta: block-mass target in (0, 1]: the share of each query block's estimated mass that
@@ -49,9 +54,9 @@ class BlockRule(SelectionRule):
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
     name: Literal["block"] = "block"
-    beta: float = Field(0.95, gt=0.0, le=1.0, description="the block-mass target, the share of each query block's estimated mass that its window plus its chosen key blocks keep")
+    beta: float = Field(0.99, gt=0.0, le=1.0, description="the block-mass target, the share of each query block's estimated mass that its window plus its chosen key blocks keep")
     key_block: int = Field(128, ge=16, le=256, description="the keys per block, a power of two")
-    stripes: bool = Field(True, description="whether the paper's stripe columns (at the config's alpha) are kept too")
+    stripes: bool = Field(False, description="whether the paper's stripe columns (at the config's alpha) are kept too")
     sink_blocks: int = Field(1, ge=0, description="how many leading key blocks every query block keeps")
 
     @field_validator("key_block")
@@ -128,9 +133,9 @@ class BlockRule(SelectionRule):
 
     # -- cost and search ---------------------------------------------------------------------
     def estimation_cost(self, config: "SampleAttentionConfig", plan=None) -> float:
-        # the sampled rows' passes (with stripes), then two q.kbar passes of every row over
-        # 1 / key_block of the keys
-        return (config.sample_ratio if self.stripes else 0.0) + 1.0 / self.key_block
+        # the sampled rows' two passes (with stripes), then two passes of every row over the
+        # pooled keys, 1 / key_block of the pairs each
+        return (2.0 * sampled_pair_share(config, plan) if self.stripes else 0.0) + 2.0 / self.key_block
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import Field
 
-from .base import SelectionRule
+from .base import SelectionRule, sampled_pair_share
 from .sampled import select_stripes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +125,7 @@ class RescoredRule(SelectionRule):
         ranking = 0.0
         if plan is not None and plan.candidate_density is not None:
             ranking = float(plan.candidate_density.mean()) * plan.ranking_fraction
-        return config.sample_ratio + ranking
+        return 2.0 * sampled_pair_share(config, plan) + ranking
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:

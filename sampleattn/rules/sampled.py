@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from .base import SelectionRule
+from .base import SelectionRule, sampled_pair_share
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,8 +55,8 @@ class SampledRule(SelectionRule):
         return make_plan(setup, config, stats, col_idx, col_count, reports=reports, keep_scores=keep_scores)
 
     def estimation_cost(self, config: "SampleAttentionConfig", plan=None) -> float:
-        # two passes (log-sum-exp, then column scores) over the sampled rows, q.k only
-        return config.sample_ratio
+        # two passes (log-sum-exp, then column scores) over the sampled rows
+        return 2.0 * sampled_pair_share(config, plan)
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 
 from sampleattn.config import ModelAttentionProfile, SampleAttentionConfig
 from sampleattn.tuner.calibration import synthetic_calibration
-from sampleattn.tuner.evaluate import LayerEvaluator, estimate_sparse_ms, sampled_fraction
+from sampleattn.tuner.evaluate import LayerEvaluator, estimate_sparse_ms
 from sampleattn.tuner.objectives import Budget, assign_per_layer, per_layer_profile
 
 
@@ -46,10 +46,22 @@ def test_dense_below_runs_dense(evaluator):
 
 
 def test_latency_estimate_formula():
-    # all rows of a causal 4x4 are sampled: fraction 1; no row: 0
-    assert sampled_fraction(torch.arange(4), 4, 4) == pytest.approx(1.0)
-    assert sampled_fraction(torch.tensor([3]), 4, 4) == pytest.approx(4 / 10)
-    assert estimate_sparse_ms(10.0, 0.2, 0.05) == pytest.approx(10.0 * (0.2 + 0.1))
+    from types import SimpleNamespace
+
+    from sampleattn import SampleAttentionConfig
+    from sampleattn.rules import BlockRule, SampledRule
+
+    def fake_plan(rows):  # the fields the cost model reads
+        return SimpleNamespace(seqlen_q=4, seqlen_k=4, sampled_rows=torch.tensor(rows))
+
+    config = SampleAttentionConfig()
+    # all rows of a causal 4x4 sampled: their pairs are all pairs, read twice; the last row: 4 of 10
+    assert SampledRule().estimation_cost(config, fake_plan([0, 1, 2, 3])) == pytest.approx(2.0)
+    assert SampledRule().estimation_cost(config, fake_plan([3])) == pytest.approx(0.8)
+    # the block rule without stripes: two passes over pooled keys, whatever the sampled rows
+    assert BlockRule(key_block=64).estimation_cost(config, fake_plan([3])) == pytest.approx(2 / 64)
+    assert BlockRule(stripes=True).estimation_cost(config, fake_plan([3])) == pytest.approx(0.8 + 2 / 128)
+    assert estimate_sparse_ms(10.0, 0.2, 0.1) == pytest.approx(10.0 * (0.2 + 0.1))
 
 
 def test_assign_per_layer_matches_brute_force():
