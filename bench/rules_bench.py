@@ -60,6 +60,11 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.993 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.993, stripes=False))),
     ("block b0.99 nostripes w4% sinks2", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, sink_blocks=2))),
     ("block b0.99 nostripes w4% kb64", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, key_block=64))),
+    # 1M tokens: the paper's rule at its 1M setting, the block rule at narrow windows
+    ("1m sampled a0.95 w1% s1%", _config(0.95, 0.01, 0.01)),
+    ("1m block b0.95 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.95, stripes=False))),
+    ("1m block b0.98 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, stripes=False))),
+    ("1m block b0.99 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, stripes=False))),
 ]
 
 #: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's
