@@ -46,12 +46,13 @@ class KeyBlocks:
     #: whether the plan also holds stripe columns (stage 3 then skips them inside the blocks)
     has_columns: bool = True
 
-    def member(self, seqlen_k: int) -> torch.Tensor:
-        """(B, Hsel, n_qblocks, Sk) bool: whether key j lies in a chosen block of the query block."""
+    def member(self, seqlen_k: int, qblocks: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Hsel, n, Sk) bool: whether key j lies in a chosen block of query block t, for the
+        query blocks ``qblocks`` ((n,) int64; all of them when None). Memory O(n * Sk)."""
+        blk_idx = self.blk_idx if qblocks is None else self.blk_idx[:, :, qblocks.to(self.blk_idx.device)]
         n_kb = -(-seqlen_k // self.key_block)
-        shape = (*self.blk_idx.shape[:3], n_kb + 1)
-        chosen = torch.zeros(shape, dtype=torch.bool, device=self.blk_idx.device)
-        chosen.scatter_(3, self.blk_idx.to(torch.int64), True)
+        chosen = torch.zeros((*blk_idx.shape[:3], n_kb + 1), dtype=torch.bool, device=blk_idx.device)
+        chosen.scatter_(3, blk_idx.to(torch.int64), True)
         return chosen[..., :n_kb].repeat_interleave(self.key_block, dim=3)[..., :seqlen_k]
 
 

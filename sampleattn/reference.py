@@ -245,8 +245,8 @@ def plan_mask_rows(plan: SparsePlan, rows: torch.Tensor) -> torch.Tensor:
     stripes = member[:, :, rows // plan.segment_rows, :] & (j <= pos)
     mask = in_window | stripes
     if plan.blocks is not None:
-        chosen = plan.blocks.member(plan.seqlen_k).repeat_interleave(plan.q_per_sel, dim=1)
-        mask = mask | (chosen[:, :, rows // plan.blocks.block_rows, :] & (j <= pos))
+        chosen = plan.blocks.member(plan.seqlen_k, rows // plan.blocks.block_rows)
+        mask = mask | (chosen.repeat_interleave(plan.q_per_sel, dim=1) & (j <= pos))
     return mask
 
 

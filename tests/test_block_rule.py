@@ -69,7 +69,7 @@ def test_a_key_in_a_stripe_a_block_and_the_window_is_counted_once():
     u = torch.randn(64, generator=torch.Generator().manual_seed(1)).to(q.device)
     q += u
     k[:, 40] = 0.5 * u  # key 40: a stripe every row attends to, inside key block 0..63
-    config = cfg(BlockRule(beta=0.7, key_block=64), alpha=0.8, window_ratio=0.1)
+    config = cfg(BlockRule(beta=0.7, key_block=64, stripes=True), alpha=0.8, window_ratio=0.1)
     p = plan(q, k, config)
     assert any(40 in p.selected_columns(0, h).tolist() for h in range(2))
     assert bool((p.blocks.blk_idx[0, :, 2:] == 0).any())  # block 0 chosen by a later query block

@@ -274,7 +274,7 @@ def _mask_rows(setup: "PlanSetup", col_idx, blocks, rows) -> "torch.Tensor":
     member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=device)
     member.scatter_(3, col_idx.to(torch.int64), True)
     stripes = member[:, :, 0, : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1).unsqueeze(2)
-    chosen = blocks.member(setup.seqlen_k).repeat_interleave(setup.q_per_sel, dim=1)[:, :, rows // blocks.block_rows]
+    chosen = blocks.member(setup.seqlen_k, rows // blocks.block_rows).repeat_interleave(setup.q_per_sel, dim=1)
     return (((j > pos - w) | stripes | chosen) & (j <= pos))
 
 
