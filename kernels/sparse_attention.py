@@ -273,7 +273,7 @@ def sparse_attention_fwd(
         nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first, max(block_rows, 1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, HAS_BLOCKS=has_blocks,
-        KEY_BLOCK=key_block if has_blocks else block_n, SKIP_COLUMNS=has_blocks and has_columns,
+        KEY_BLOCK=key_block if has_blocks else 16, SKIP_COLUMNS=has_blocks and has_columns,  # 16: unused
         num_warps=num_warps, num_stages=num_stages,
     )
     return (None if lse_only else out), (lse if return_lse else None)

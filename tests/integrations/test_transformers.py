@@ -15,8 +15,10 @@ from sampleattn.integrations.transformers import (
 
 
 def exact_operator() -> SampleAttention:
-    """A config under which SampleAttention is exact: full window, every column."""
-    return SampleAttention(SampleAttentionConfig(alpha=1.0, window_ratio=1.0, dense_below=0), backend="torch")
+    """A config under which SampleAttention's sparse path is exact at these lengths (below 100K
+    keys the window, ``ceil(0.99999 * seqlen_k)``, holds every key); a config that keeps every
+    key by construction (alpha 1, window 1) would run dense attention, not the sparse path."""
+    return SampleAttention(SampleAttentionConfig(alpha=0.5, window_ratio=0.99999, dense_below=0), backend="torch")
 
 
 def sparse_operator(alpha: float = 0.95) -> SampleAttention:
