@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--error-rows", type=int, default=256)
     parser.add_argument("--memory", action="store_true", help="measure extra device memory per case")
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the cases (stderr)")
     parser.add_argument("--out", default="bench-out")
     return parser
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(a, w, s) for a in args.alphas for w in args.windows for s in args.samples]
     if args.full_density:
         configs.append((1.0, 1.0, args.samples[0]))
+    from .progress import case_bar
+
+    bar = case_bar(len(geometries) * len(lengths) * len(configs), "sattn-bench", enabled=not args.no_progress)
     for geometry in geometries:
         for seqlen in lengths:
             q, k, v = make_inputs(geometry, seqlen, args.batch, args.inputs, density=args.density)
@@ -96,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             for alpha, window, sample in configs:
                 case = Case(geometry.name, seqlen, args.batch, args.inputs, alpha, window, sample, args.granularity,
                             options=options)
+                bar.set_postfix_str(f"{geometry.name} {seqlen} a{alpha:g} w{window:g} s{sample:g}")
                 row = run_case(case, q, k, v, baselines, error_rows=args.error_rows,
                                repeat=args.repeat if seqlen <= 262144 else 3, flex_sparse=not args.no_flex)
+                bar.update()
                 if args.memory:
                     row["extra_memory_gib"], row["extra_memory_vs_inputs"] = extra_memory_gib(q, k, v, case.config())
                 rows.append(row)
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "rows": json.loads(to_json(rows))}, indent=1))
             del q, k, v
             torch.cuda.empty_cache()
+    bar.close()
     if args.plot:
         from .plots import plot_results
 

@@ -225,6 +225,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
 
     from sampleattn import collect_env
     from sampleattn.bench import harness
+    from sampleattn.bench.progress import case_bar
     from sampleattn.reference import attention_rows_ref
 
     methods = [as_method(m) for m in (methods if methods is not None else default_methods())]
@@ -256,9 +257,12 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
 
     print(f"[peers] {len(methods)} methods, lengths {args.lengths}, inputs {args.inputs}, geometry {geometry.name}, "
           f"device {device}", flush=True)
+    bar = None
     for seqlen in args.lengths:
         t0 = time.time()
         inputs = _inputs(args, geometry, seqlen, device, dtype)
+        if bar is None:  # every length has as many bands as the first
+            bar = case_bar(len(args.lengths) * len(inputs) * len(methods), "peers_bench", enabled=not args.no_progress)
         if device == "cuda":
             torch.cuda.synchronize()
         notes.append(f"{seqlen} tokens, {args.inputs} inputs {sorted(inputs)}: built in {time.time() - t0:.1f} s"
@@ -274,6 +278,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
                 print(json.dumps({"method": "sdpa cudnn", "seqlen": seqlen, "ms": _fmt(cudnn["cudnn"])}), flush=True)
             exact = attention_rows_ref(q, k, v, error_rows)
             for method in methods:
+                bar.set_postfix_str(f"{method.name} {band} {seqlen}")
                 try:
                     row = measure(method, q, k, v, rows=error_rows, exact=exact, cudnn_ms=cudnn.get("cudnn"),
                                   repeat=repeat, warmup=warmup)
@@ -287,6 +292,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
                         raise
                     continue
                 finally:
+                    bar.update()
                     if device == "cuda":
                         torch.cuda.empty_cache()
                 row.update(seqlen=seqlen, band=band, geometry=geometry.name, inputs=args.inputs,
@@ -305,6 +311,8 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
     save()
+    if bar is not None:
+        bar.close()
     print("\n| length | band | method | ms | x cuDNN | density | error | estimate ms | attention ms | check |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -328,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--geometry", default=None, help="llama3 (default), chatglm2, smollm2 (dry-run default)")
     parser.add_argument("--methods", default=None, help="comma list of substrings: only the methods whose name has one")
     parser.add_argument("--error-rows", type=int, default=256)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default="peers-out")

@@ -30,6 +30,7 @@ from sampleattn.reference import attention_rows_ref, relative_error
 from sampleattn.rules import BlockRule
 
 from . import harness as h
+from .progress import case_bar
 
 __all__ = ["METHODS", "main", "measure_config", "measure_callable"]
 
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     parser.add_argument("--error-rows", type=int, default=256)
     parser.add_argument("--dry-run", action="store_true", help="tiny length and SmolLM2's geometry (CPU)")
     parser.add_argument("--peers", action="store_true", help="also time the peers (PEERS) on the same inputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the cases (stderr)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
                                                   "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
     rows_out: list[dict] = []
+    items = [(n, c, measure_config) for n, c in methods] + [(n, f, measure_callable) for n, f in (extra_methods or [])]
+    bar = case_bar(len(wanted) * len(items), "rules_bench", enabled=not args.no_progress)
     with open(out_dir / "rules.jsonl", "a") as log:
         for band in wanted:
             q, k, v = h.smollm2_to_geometry(captured, layer_sets[band], geometry)
@@ -172,14 +176,14 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
             cudnn = base.get("cudnn")
             record = {"band": band, "seqlen": seqlen, "method": "cuDNN SDPA (dense)", "total_ms": cudnn,
                       "speedup_vs_cudnn": 1.0, "density": 1.0}
-            for item in [(n, c, measure_config) for n, c in methods] + \
-                        [(n, f, measure_callable) for n, f in (extra_methods or [])]:
-                name, what, measure = item
+            for name, what, measure in items:
+                bar.set_postfix_str(f"{name} {band}")
                 try:
                     row = measure(name, what, q, k, v, rows, exact, cudnn, repeat=args.repeat)
                 except Exception as error:  # one failing method must not lose the others' rows
                     row = {"method": name, "failed": f"{type(error).__name__}: {str(error)[:300]}"}
                 row.update(band=band, seqlen=seqlen)
+                bar.update()
                 rows_out.append(row)
                 log.write(json.dumps(row, default=str) + "\n")
                 log.flush()
@@ -191,6 +195,7 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
             log.write(json.dumps(record) + "\n")
             print(_line(record), flush=True)
             del q, k, v, exact
+    bar.close()
     return rows_out
 
 

@@ -811,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-real", action="store_true",
                         help="dry run without SmolLM2: the synthetic parts, and the added parts on synthetic inputs")
     parser.add_argument("--strict", action="store_true", help="with --dry-run: stop at the first error")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the parts (stderr)")
     return parser
 
 
@@ -833,12 +834,19 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(args)
     print(f"[suite] parts {parts}, budget {args.budget_s:.0f} s, device {suite.device}, "
           f"geometry {suite.geometry.name}", flush=True)
+    from .progress import case_bar
+
+    bar = case_bar(len(parts), "suite parts", enabled=not args.no_progress)
     for part in parts:
+        bar.set_postfix_str(part)
         if suite.left() <= 0:
             suite.skipped.append({"case": part, "estimate_s": None, "left_s": round(suite.left(), 1)})
+            bar.update()
             continue
         print(f"[suite] part {part} at {time.time() - suite.started:.0f} s", flush=True)
         suite.guarded(part, getattr(suite, f"part_{part}"))
+        bar.update()
+    bar.close()
     suite.save()
     suite.print_table()
     failed = [r["label"] for r in suite.rows if r.get("check_ok") is False]

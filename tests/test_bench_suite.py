@@ -11,10 +11,12 @@ import torch
 from sampleattn.bench import harness, suite
 
 
-def test_suite_dry_run_writes_rows_and_targets(tmp_path):
+def test_suite_dry_run_writes_rows_and_targets(tmp_path, capsys):
     code = suite.main(["--dry-run", "--no-real", "--parts", "synth128k", "--dry-length", "128",
                        "--error-rows", "16", "--out", str(tmp_path), "--strict"])
     assert code == 0
+    err = capsys.readouterr().err
+    assert "suite parts" in err and "1/1" in err  # the progress bar over the parts, on stderr
     report = json.loads((tmp_path / "suite.json").read_text())
     cases = [r for r in report["rows"] if r.get("part") == "synth128k"]
     assert len(cases) == 1 and cases[0]["check_ok"] and math.isfinite(cases[0]["error"])
@@ -111,3 +113,17 @@ def test_kernels_compiled_counts_the_first_call_of_a_process():
     assert harness.compiled_between(3, 3) == 0
     assert harness.compiled_between(3, 7) == 4
     assert harness.compiled_between(None, None) is None
+
+
+def test_case_bar_can_be_turned_off(capsys):
+    from sampleattn.bench.progress import case_bar
+
+    bar = case_bar(2, "cases", enabled=False)
+    bar.set_postfix_str("one")
+    bar.update()
+    bar.close()
+    assert capsys.readouterr().err == ""
+    bar = case_bar(2, "cases")
+    bar.update(2)
+    bar.close()
+    assert "cases" in capsys.readouterr().err

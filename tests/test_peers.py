@@ -200,7 +200,7 @@ def test_masked_attention_rows_is_the_masked_oracle_on_those_rows():
     assert torch.allclose(got, full[:, rows].float(), atol=1e-5)
 
 
-def test_peers_bench_dry_run_writes_one_row_per_method(tmp_path):
+def test_peers_bench_dry_run_writes_one_row_per_method(tmp_path, capsys):
     """End to end on the CPU: cuDNN's stand-in, two peers and a method given as a plain
     (name, callable) pair, on the same seeded rows; the JSON rows and the table."""
     def dense(q, k, v):
@@ -211,6 +211,7 @@ def test_peers_bench_dry_run_writes_one_row_per_method(tmp_path):
                              "--methods", "vertical-slash released,flexprefill default,dense reference",
                              "--out", str(tmp_path), "--strict"], methods=methods)
     assert code == 0
+    assert "peers_bench" in capsys.readouterr().err  # the progress bar over the cases, on stderr
     report = json.loads((tmp_path / "peers.json").read_text())
     assert report["env"]["torch"] and report["geometry"] == "smollm2" and not report["errors"]
     by_name = {r["method"]: r for r in report["rows"]}
