@@ -16,7 +16,7 @@ __all__ = ["ESTIMATED_NOTE", "FrontPanel", "is_dense", "latency_label", "plot_fr
 
 #: The note under a table or plot with estimated latencies (tuner/evaluate.py's cost model).
 ESTIMATED_NOTE = ("estimated: on the CPU the latency is not timed but estimated from a cost model "
-                  "(dense SDPA time x (density + 2 x sampled share)); measured: timed on the GPU")
+                  "(dense SDPA time x (density + the selection rule's estimation passes)); measured: timed on the GPU")
 
 
 def selection_mode(config: Any, dense: bool) -> str:
