@@ -60,6 +60,42 @@ def use_compact_columns(q, k, v, col_idx, *, q_per_sel: int, lse_only: bool) -> 
     return extra <= COMPACT_MEMORY_SHARE * inputs
 
 
+def _entries_left_of_window(
+    idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_m: int,
+    rows_per_list: int, unit: int, q_per_sel: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts over sorted index lists, one list per selection head and group of ``rows_per_list``
+    query rows; entry e stands for the keys ``[e * unit, (e + 1) * unit)``. For each (batch,
+    query head, kernel query block of ``block_m`` rows): how many leading entries lie wholly
+    left of the window of the block's first row, ``e < floor((first_pos - w + 1) / unit)``, and
+    how many hold a key left of the window of its last row, ``e < floor((last_pos - w) / unit) + 1``.
+
+    Args:
+        idx: (B, Hsel, n_lists, width) int32, ascending, padded with a value above every bound.
+        window: (Hq,) int32 window width per query head.
+    Returns:
+        (B, Hq, n_mblocks) int32 twice. Memory O(B * Hq * seqlen_q / block_m).
+    """
+    batch, n_sel, n_lists, _ = idx.shape
+    n_mb = triton.cdiv(seqlen_q, block_m)
+    mb_per_list = rows_per_list // block_m
+    device = idx.device
+    mb = torch.arange(n_lists * mb_per_list, device=device)
+    offset = seqlen_k - seqlen_q
+    first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
+    last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
+    w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
+    all_hi = torch.div(first_pos.view(1, 1, -1) - w + 1, unit, rounding_mode="floor")
+    end_hi = torch.div(last_pos.view(1, 1, -1) - w, unit, rounding_mode="floor") + 1
+    hi = torch.stack([all_hi, end_hi])  # (2, Hsel, q_per_sel, n_lists * mb_per_list)
+    hi = hi.view(2, n_sel, q_per_sel, n_lists, mb_per_list).permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_lists, -1)
+    hi = hi.expand(batch, -1, -1, -1).clamp(min=0).contiguous().to(idx.dtype)
+    counts = torch.searchsorted(idx.contiguous(), hi)  # entries strictly below hi
+    counts = counts.view(batch, n_sel, n_lists, 2, q_per_sel, mb_per_list).permute(3, 0, 1, 4, 2, 5)
+    counts = counts.reshape(2, batch, n_sel * q_per_sel, n_lists * mb_per_list)[..., :n_mb].to(torch.int32)
+    return counts[0].contiguous(), counts[1].contiguous()
+
+
 def columns_left_of_window(
     col_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
     block_m: int, segment_rows: int, q_per_sel: int,
@@ -75,24 +111,8 @@ def columns_left_of_window(
         col_all, col_end: (B, Hq, n_mblocks) int32 each. Memory O(B * Hq * seqlen_q / block_m):
         never O(seqlen^2).
     """
-    batch, n_sel, n_seg, _ = col_idx.shape
-    n_mb = triton.cdiv(seqlen_q, block_m)
-    mb_per_seg = segment_rows // block_m
-    device = col_idx.device
-    mb = torch.arange(n_seg * mb_per_seg, device=device)
-    offset = seqlen_k - seqlen_q
-    first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
-    last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
-    pos = torch.stack([first_pos, last_pos])  # (2, n_blocks)
-    w = window.to(device=device, dtype=torch.int64).view(1, n_sel, q_per_sel, 1)
-    hi = (pos.view(2, 1, 1, -1) - w + 1).view(2, n_sel, q_per_sel, n_seg, mb_per_seg)
-    hi = hi.permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_seg, 2 * q_per_sel * mb_per_seg)
-    hi = hi.expand(batch, -1, -1, -1).contiguous().to(col_idx.dtype)
-    counts = torch.searchsorted(col_idx.contiguous(), hi)  # entries strictly below hi
-    counts = counts.view(batch, n_sel, n_seg, 2, q_per_sel, mb_per_seg).permute(3, 0, 1, 4, 2, 5)
-    counts = counts.reshape(2, batch, n_sel * q_per_sel, n_seg * mb_per_seg)[..., :n_mb]
-    counts = counts.to(torch.int32)
-    return counts[0].contiguous(), counts[1].contiguous()
+    return _entries_left_of_window(col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
+                                   rows_per_list=segment_rows, unit=1, q_per_sel=q_per_sel)
 
 
 def blocks_left_of_window(
@@ -110,26 +130,8 @@ def blocks_left_of_window(
     Returns:
         blk_all, blk_end: (B, Hq, n_mblocks) int32 each.
     """
-    batch, n_sel, n_qb, _ = blk_idx.shape
-    n_mb = triton.cdiv(seqlen_q, block_m)
-    mb_per_qb = block_rows // block_m
-    device = blk_idx.device
-    mb = torch.arange(n_qb * mb_per_qb, device=device)
-    offset = seqlen_k - seqlen_q
-    first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
-    last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
-    w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
-    # block c is wholly left of first_pos - w + 1 iff c < floor((first_pos - w + 1) / key_block);
-    # it holds a key left of last_pos - w + 1 iff c < floor((last_pos - w) / key_block) + 1
-    all_hi = torch.div(first_pos.view(1, 1, -1) - w + 1, key_block, rounding_mode="floor")
-    end_hi = torch.div(last_pos.view(1, 1, -1) - w, key_block, rounding_mode="floor") + 1
-    hi = torch.stack([all_hi, end_hi])  # (2, Hsel, q_per_sel, n_qb * mb_per_qb)
-    hi = hi.view(2, n_sel, q_per_sel, n_qb, mb_per_qb).permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_qb, -1)
-    hi = hi.expand(batch, -1, -1, -1).clamp(min=0).contiguous().to(blk_idx.dtype)
-    counts = torch.searchsorted(blk_idx.contiguous(), hi)
-    counts = counts.view(batch, n_sel, n_qb, 2, q_per_sel, mb_per_qb).permute(3, 0, 1, 4, 2, 5)
-    counts = counts.reshape(2, batch, n_sel * q_per_sel, n_qb * mb_per_qb)[..., :n_mb].to(torch.int32)
-    return counts[0].contiguous(), counts[1].contiguous()
+    return _entries_left_of_window(blk_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
+                                   rows_per_list=block_rows, unit=key_block, q_per_sel=q_per_sel)
 
 
 def column_members(col_idx: torch.Tensor, seqlen_k: int) -> torch.Tensor:
