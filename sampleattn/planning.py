@@ -457,17 +457,15 @@ def selection_inputs(setup: PlanSetup, stats: RowStatistics) -> tuple[torch.Tens
 
 def make_plan(
     setup: PlanSetup, config: SampleAttentionConfig, stats: RowStatistics | None, col_idx: torch.Tensor,
-    col_count: torch.Tensor, *, reports: bool, keep_scores: bool, blocks: KeyBlocks | None = None,
-    retained: tuple[torch.Tensor, torch.Tensor] | None = None, **extra,
+    col_count: torch.Tensor, *, reports: bool, keep_scores: bool, blocks: KeyBlocks | None = None, **extra,
 ) -> SparsePlan:
     """The `SparsePlan` of a selection, with its density and (``reports``) the sampled rows'
-    retained mass: measured on the stripes by ``stats.stripe_mass_of`` unless the rule gives
-    ``retained`` = (mean, min), each (B, Hq), itself. ``extra`` fills the rule's own fields."""
+    retained mass on the window and the stripes (``stats.stripe_mass_of``); a rule whose mask
+    has more parts plans without reports and measures them itself. ``extra`` fills the rule's
+    own fields."""
     retained_mean = retained_min = None
     finite = stats.finite if stats is not None else None
-    if reports and retained is not None:
-        retained_mean, retained_min = retained
-    elif reports:
+    if reports:
         if stats is None or stats.wmass is None:
             raise ValueError("the plan's reports need each sampled row's window mass (wmass)")
         stripe = stats.stripe_mass_of(col_idx, col_count)

@@ -52,6 +52,9 @@ def test_kernels_match_the_reference(case):
     if dtype == torch.float32:  # the same selection (fp16 scores may break near-ties differently)
         assert torch.equal(p.blocks.blk_idx, p_ref.blocks.blk_idx)
         assert torch.equal(p.col_idx, p_ref.col_idx)
+        # the reports: stage 3's lse over the mask against the exact one, as the dense oracle
+        torch.testing.assert_close(p.retained_mean, p_ref.retained_mean, atol=1e-4, rtol=0)
+        torch.testing.assert_close(p.retained_min, p_ref.retained_min, atol=1e-4, rtol=0)
     # The density is exact: the mask's computed pairs over the visible pairs.
     mask = p.to_dense() & causal_mask(sq, sk, q.device)
     visible = causal_mask(sq, sk, q.device).sum()

@@ -233,7 +233,7 @@ class LayerEvaluator:
             if self.seqlen_k < config.dense_below:
                 layers[layer] = LayerMetrics(0.0, 1.0, 1.0, 1.0, self.dense_ms, self.dense_ms, dense=True)
                 continue
-            errors, r_mean, r_min, density, frac, ranking = [], [], [], [], [], []
+            errors, r_mean, r_min, density, cost = [], [], [], [], []
             for per_layer in self.data:
                 q, k, v, rows, exact = per_layer[layer]
                 with torch.no_grad():
@@ -244,7 +244,7 @@ class LayerEvaluator:
                 r_mean.append(float(plan.retained_mean.mean()))
                 r_min.append(float(plan.retained_min.min()))
                 density.append(plan.mean_density)
-                frac.append(config.selection.estimation_cost(config, plan))
+                cost.append(config.selection.estimation_cost(config, plan))
             for name, values in (("rel_error", errors), ("density", density)):
                 bad = [x for x in values if not math.isfinite(x)]
                 if bad:
@@ -254,7 +254,7 @@ class LayerEvaluator:
                 q, k, v, _, _ = self.data[0][layer]
                 latency = self._sparse_cuda_ms(q, k, v, config, heads)
             else:
-                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(frac))
+                latency = estimate_sparse_ms(self.dense_ms, dens, statistics.fmean(cost))
             layers[layer] = LayerMetrics(
                 rel_error=statistics.fmean(errors), retained_mean=statistics.fmean(r_mean),
                 retained_min=min(r_min), density=dens, latency_ms=latency, dense_latency_ms=self.dense_ms,

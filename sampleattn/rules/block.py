@@ -12,6 +12,7 @@ key blocks per query block can.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
@@ -95,9 +96,12 @@ class BlockRule(SelectionRule):
             col_count = torch.zeros(col_idx.shape[:3], dtype=torch.int32, device=q.device)
         blocks = select_blocks(scores, setup.extras["candidates"], self.beta, block_rows=config.block_m,
                                key_block=self.key_block, has_columns=self.stripes, sink_blocks=self.sink_blocks)
-        retained = retained_of(col_idx, col_count, blocks) if reports else None
-        return make_plan(setup, config, stats, col_idx, col_count, reports=reports, keep_scores=keep_scores,
-                         blocks=blocks, retained=retained, block_scores=scores if keep_scores else None)
+        plan = make_plan(setup, config, stats, col_idx, col_count, reports=False, keep_scores=keep_scores,
+                         blocks=blocks, block_scores=scores if keep_scores else None)
+        if not reports:
+            return plan
+        retained_mean, retained_min = retained_of(plan)
+        return dataclasses.replace(plan, retained_mean=retained_mean, retained_min=retained_min)
 
     def plan(self, setup, q, k, config, *, keep_scores, reports) -> "SparsePlan":
         from sampleattn.kernels import block_scores, sampled_row_stats
@@ -107,13 +111,13 @@ class BlockRule(SelectionRule):
         scores = block_scores(q, k, key_block=self.key_block, block_rows=config.block_m, q_per_sel=setup.q_per_sel,
                               scale=setup.scale)
 
-        def retained_of(col_idx, col_count, blocks):
+        def retained_of(plan):
             if stats is not None:
                 lse2 = stats.lse2
             else:
                 lse2, _ = sampled_row_stats(q, k, setup.rows.rows, setup.window_dev, scale=setup.scale,
                                             block_s=setup.rows.block, window_mass=False)
-            return _retained_kernels(setup, q, k, col_idx, blocks, lse2, config)
+            return _retained_kernels(setup, q, k, plan, lse2, config)
 
         return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
                           retained_of=retained_of)
@@ -125,8 +129,8 @@ class BlockRule(SelectionRule):
         scores = block_scores_ref(q, k, key_block=self.key_block, block_rows=config.block_m,
                                   q_per_sel=setup.q_per_sel, scale=setup.scale)
 
-        def retained_of(col_idx, col_count, blocks):
-            return _retained_reference(setup, q, k, col_idx, col_count, blocks)
+        def retained_of(plan):
+            return _retained_reference(setup, q, k, plan)
 
         return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
                           retained_of=retained_of)
@@ -245,11 +249,11 @@ def block_scores_ref(
     return per_block.view(batch, nheads_q // q_per_sel, q_per_sel, n_qb, n_kb).sum(dim=2)
 
 
-def _retained_reference(setup: "PlanSetup", q, k, col_idx, col_count, blocks) -> tuple:
-    """(mean, min) (B, Hq) of the sampled rows' exact mass on window ∪ stripes ∪ blocks."""
+def _retained_reference(setup: "PlanSetup", q, k, plan: "SparsePlan") -> tuple:
+    """(mean, min) (B, Hq) of the sampled rows' exact mass on the plan's mask."""
     import torch
 
-    from sampleattn.reference import _expand_kv
+    from sampleattn.reference import _expand_kv, plan_mask_rows
 
     rows = setup.rows.valid_rows.to(q.device)
     pos = (setup.seqlen_k - setup.seqlen_q + rows).view(1, 1, -1, 1)
@@ -258,34 +262,19 @@ def _retained_reference(setup: "PlanSetup", q, k, col_idx, col_count, blocks) ->
                      _expand_kv(k, setup.nheads_q).float().transpose(-1, -2)) * setup.scale
     visible = j <= pos
     p = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
-    mask = _mask_rows(setup, col_idx, blocks, rows)
-    kept = torch.where(mask & visible, p, 0.0).sum(-1).clamp(max=1.0)
+    kept = torch.where(plan_mask_rows(plan, rows) & visible, p, 0.0).sum(-1).clamp(max=1.0)
     return kept.mean(-1), kept.min(-1).values
 
 
-def _mask_rows(setup: "PlanSetup", col_idx, blocks, rows) -> "torch.Tensor":
-    """(B, Hq, n, Sk) bool: window ∪ stripes ∪ blocks for some query rows."""
-    import torch
-
-    device = col_idx.device
-    pos = (setup.seqlen_k - setup.seqlen_q + rows).view(1, 1, -1, 1)
-    j = torch.arange(setup.seqlen_k, device=device).view(1, 1, 1, -1)
-    w = setup.window_dev.to(torch.int64).view(1, -1, 1, 1)
-    member = torch.zeros(*col_idx.shape[:3], setup.seqlen_k + 1, dtype=torch.bool, device=device)
-    member.scatter_(3, col_idx.to(torch.int64), True)
-    stripes = member[:, :, 0, : setup.seqlen_k].repeat_interleave(setup.q_per_sel, dim=1).unsqueeze(2)
-    chosen = blocks.member(setup.seqlen_k, rows // blocks.block_rows).repeat_interleave(setup.q_per_sel, dim=1)
-    return (((j > pos - w) | stripes | chosen) & (j <= pos))
-
-
-def _retained_kernels(setup: "PlanSetup", q, k, col_idx, blocks, lse2, config) -> tuple:
+def _retained_kernels(setup: "PlanSetup", q, k, plan: "SparsePlan", lse2, config) -> tuple:
     """(mean, min) (B, Hq) of the sampled rows' retained mass, from stage 3's log-sum-exp over
     the mask (an ``lse_only`` pass) against their exact one (stage 1's)."""
     import torch
 
     from sampleattn.kernels import sparse_attention_fwd
 
-    _, lse = sparse_attention_fwd(q, k, k, col_idx, setup.window_dev, segment_rows=setup.segment_rows,
+    blocks = plan.blocks
+    _, lse = sparse_attention_fwd(q, k, k, plan.col_idx, setup.window_dev, segment_rows=setup.segment_rows,
                                   q_per_sel=setup.q_per_sel, scale=setup.scale, block_m=config.block_m,
                                   block_n=config.block_n, lse_only=True, blk_idx=blocks.blk_idx,
                                   block_rows=blocks.block_rows, key_block=blocks.key_block,
