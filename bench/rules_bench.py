@@ -40,32 +40,36 @@ def _config(alpha, window, sample, rule=None, **kw) -> SampleAttentionConfig:
                                  dense_below=0, **({"selection": rule} if rule else {}), **kw)
 
 
-#: The methods of the comparison (the paper's rule first: the reference of the method).
+#: The methods of the comparison (the paper's rule first: the reference of the method). Names
+#: that start with "1m " are the 1M-token settings, run only when ``--methods`` names them.
 METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("sampled a0.95 w8% s5%", _config(0.95, 0.08, 0.05)),
     ("sampled a0.99 w8% s5%", _config(0.99, 0.08, 0.05)),
-    ("block b0.95 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.95))),
-    ("block b0.98 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.98))),
-    ("block b0.99 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.99))),
-    ("block b0.995 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.995))),
-    ("block b0.99 a0.9 w4% s2%", _config(0.9, 0.04, 0.02, BlockRule(beta=0.99))),
-    ("block b0.995 a0.8 w4% s2%", _config(0.8, 0.04, 0.02, BlockRule(beta=0.995))),
-    ("block b0.95 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.95, stripes=False))),
-    ("block b0.98 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.98, stripes=False))),
-    ("block b0.99 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False))),
-    ("block b0.995 nostripes w8%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.995, stripes=False))),
-    ("block b0.97 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97, stripes=False))),
-    ("block b0.98 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, stripes=False))),
-    ("block b0.99 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, stripes=False))),
-    ("block b0.985 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.985, stripes=False))),
-    ("block b0.993 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.993, stripes=False))),
-    ("block b0.99 nostripes w4% sinks2", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, sink_blocks=2))),
-    ("block b0.99 nostripes w4% kb64", _config(0.9, 0.04, 0.05, BlockRule(beta=0.99, stripes=False, key_block=64))),
+    ("block b0.98 a0.9 w8% s5%", _config(0.9, 0.08, 0.05, BlockRule(beta=0.98, stripes=True))),
+    ("block b0.95 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.95))),
+    ("block b0.97 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97))),
+    ("block b0.98 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98))),
+    ("block b0.99 nostripes w2%", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99))),
+    ("block b0.993 nostripes w4%", _config(0.9, 0.04, 0.05, BlockRule(beta=0.993))),
+    # the estimate on one row in two or four
+    ("block b0.97 w2% rows/2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97, row_stride=2))),
+    ("block b0.98 w2% rows/2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, row_stride=2))),
+    ("block b0.99 w2% rows/2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2))),
+    ("block b0.993 w2% rows/2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.993, row_stride=2))),
+    ("block b0.98 w2% rows/4", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, row_stride=4))),
+    ("block b0.99 w2% rows/4", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=4))),
+    ("block b0.98 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.98, row_stride=2))),
+    ("block b0.99 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.99, row_stride=2))),
+    ("block b0.99 w2% rows/2 kb64", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, key_block=64))),
     # 1M tokens: the paper's rule at its 1M setting, the block rule at narrow windows
     ("1m sampled a0.95 w1% s1%", _config(0.95, 0.01, 0.01)),
-    ("1m block b0.95 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.95, stripes=False))),
-    ("1m block b0.98 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, stripes=False))),
-    ("1m block b0.99 nostripes w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, stripes=False))),
+    ("1m block b0.95 w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.95))),
+    ("1m block b0.95 w1% rows/4", _config(0.9, 0.01, 0.01, BlockRule(beta=0.95, row_stride=4))),
+    ("1m block b0.97 w1% rows/4", _config(0.9, 0.01, 0.01, BlockRule(beta=0.97, row_stride=4))),
+    ("1m block b0.98 w1% rows/4", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, row_stride=4))),
+    ("1m block b0.99 w1% rows/4", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, row_stride=4))),
+    ("1m block b0.98 w0.5% rows/4", _config(0.9, 0.005, 0.01, BlockRule(beta=0.98, row_stride=4))),
+    ("1m block b0.99 w0.5% rows/4", _config(0.9, 0.005, 0.01, BlockRule(beta=0.99, row_stride=4))),
 ]
 
 #: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", default="128k")
     parser.add_argument("--bands", default="mid,late", help="SmolLM2 layer bands: mid (layer 14), late (24)")
-    parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all)")
+    parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all but the 1M settings, whose names start with '1m ')")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--error-rows", type=int, default=256)
     parser.add_argument("--dry-run", action="store_true", help="tiny length and SmolLM2's geometry (CPU)")
@@ -153,7 +157,10 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
     bands = {"mid": 14, "late": 24}
     wanted = [b.strip() for b in args.bands.split(",") if b.strip()]
-    methods = [(n, c) for n, c in METHODS if not args.methods or any(s in n for s in args.methods.split(","))]
+    if args.methods:
+        methods = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
+    else:
+        methods = [(n, c) for n, c in METHODS if not n.startswith("1m ")]
     if args.dry_run:
         methods = [(n, c.model_copy(update={"block_m": 64, "block_n": 32})) for n, c in methods[:4:2]]
     if args.peers:

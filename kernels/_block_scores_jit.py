@@ -9,7 +9,9 @@ visible to the row (a block of n keys with the same logit holds n times one key'
 program takes a block of BLOCK_M query rows and the GROUP query heads of one selection head:
 a first pass gets each (row, head)'s log-sum-exp over the pooled keys (written to a scratch
 buffer), a second sums the shares over the rows and heads, one tile of pooled keys at a time.
-No atomics: the sums are deterministic.
+No atomics: the sums are deterministic. With ``ROW_STRIDE`` s > 1 only every s-th row of the
+block is scored (the last row of each group of s, which sees the group's keys), for 1 / s of
+the cost.
 """
 
 from __future__ import annotations
@@ -84,22 +86,26 @@ def block_scores_kernel(
     stride_sb, stride_sh, stride_sq,
     nheads_q, seqlen_q, seqlen_k, n_kblocks, qk_scale, q_per_kv,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    KEY_BLOCK: tl.constexpr, GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KEY_BLOCK: tl.constexpr, GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROW_STRIDE: tl.constexpr,
 ):
-    """One program: query block ``program_id(0)`` of BLOCK_M rows, selection head ``program_id(1)``.
+    """One program: query block ``program_id(0)`` of BLOCK_M rows, selection head ``program_id(1)``;
+    it scores BLOCK_M // ROW_STRIDE of the rows.
 
     Shapes: Q (B, Sq, Hq, D); KBAR (B, n_kblocks, Hkv, D) mean-pooled keys; LSE (B, Hq, Sq) fp32
     scratch; SCORES (B, Hsel, n_qblocks, n_kblocks) fp32, entry (b, s, t, c) the summed share of
     block c over the rows of query block t and the GROUP query heads of selection head s.
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
+    tl.static_assert(BLOCK_M // ROW_STRIDE >= 16)
     pid_m = tl.program_id(0)
     pid_bs = tl.program_id(1)
     n_sel = nheads_q // GROUP
     b = (pid_bs // n_sel).to(tl.int64)
     sel = pid_bs % n_sel
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < seqlen_q
+    group_first = pid_m * BLOCK_M + tl.arange(0, BLOCK_M // ROW_STRIDE) * ROW_STRIDE
+    m_mask = group_first < seqlen_q
+    # each group's last row (the last query row for a group the sequence cuts short)
+    offs_m = tl.minimum(group_first + ROW_STRIDE - 1, seqlen_q - 1)
     pos = seqlen_k - seqlen_q + offs_m
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
@@ -115,8 +121,8 @@ def block_scores_kernel(
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         kbar_base = KBAR + b * stride_pb + (h // q_per_kv) * stride_ph
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M // ROW_STRIDE], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M // ROW_STRIDE], dtype=tl.float32)
         for c0 in range(0, n_whole, BLOCK_C):
             t = _pooled_logits(q, kbar_base, stride_pn, c0 + tl.arange(0, BLOCK_C), pos, offs_d, d_mask, seqlen_k,
                                qk_scale, n_kblocks, KEY_BLOCK=KEY_BLOCK, DOT_PRECISION=DOT_PRECISION, WHOLE=True)

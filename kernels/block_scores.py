@@ -34,7 +34,8 @@ def pooled_keys(k: torch.Tensor, key_block: int) -> torch.Tensor:
 
 def block_scores(
     q: torch.Tensor, k: torch.Tensor, *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
-    kbar: torch.Tensor | None = None, block_c: int = 64, num_warps: int | None = None, num_stages: int = 2,
+    kbar: torch.Tensor | None = None, row_stride: int = 1, block_c: int = 64, num_warps: int | None = None,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Estimated mass of every key block for every query block.
 
@@ -43,11 +44,13 @@ def block_scores(
         key_block: keys per block; block_rows: query rows per block.
         q_per_sel: query heads summed into one selection head (1, or Hq // Hkv).
         kbar: the pooled keys (`pooled_keys`), if already made.
+        row_stride: score one row in every ``row_stride`` of each query block (the last of each
+            group, or the last query row); ``block_rows // row_stride`` must be at least 16.
     Returns:
-        (B, Hsel, n_qblocks, n_kblocks) fp32: entry (b, s, t, c) is the sum over the rows of query
-        block t and the query heads of selection head s of each row's softmax share of block c
-        (the logit of a block is ``scale * q . kbar_c + ln(visible keys of c)``). A row's shares
-        sum to 1, so a query block's entries sum to its (row, head) pairs.
+        (B, Hsel, n_qblocks, n_kblocks) fp32: entry (b, s, t, c) is the sum over the scored rows
+        of query block t and the query heads of selection head s of each row's softmax share of
+        block c (the logit of a block is ``scale * q . kbar_c + ln(visible keys of c)``). A row's
+        shares sum to 1, so a query block's entries sum to its scored (row, head) pairs.
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
@@ -56,6 +59,8 @@ def block_scores(
     n_kb = kbar.shape[1]
     n_qb = triton.cdiv(seqlen_q, block_rows)
     n_sel = nheads_q // q_per_sel
+    if row_stride < 1 or block_rows % row_stride or block_rows // row_stride < 16:
+        raise ValueError(f"row_stride={row_stride} must divide block_rows={block_rows} and leave at least 16 rows")
     if batch * n_sel > 65_535:
         raise ValueError(f"batch * selection heads = {batch * n_sel} exceeds the CUDA grid limit 65535; "
                          "split the batch")
@@ -63,7 +68,7 @@ def block_scores(
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(head_dim))
     if num_warps is None:
-        num_warps = 8 if block_rows * block_d >= 128 * 128 else 4
+        num_warps = 8 if (block_rows // row_stride) * block_d >= 128 * 128 else 4
     block_scores_kernel[(n_qb, batch * n_sel)](
         q, kbar, lse, scores,
         batch_stride(q), q.stride(1), q.stride(2),
@@ -72,6 +77,7 @@ def block_scores(
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=block_c, KEY_BLOCK=key_block,
-        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return scores

@@ -474,8 +474,10 @@ def make_plan(
     nonfinite_rows = None
     if finite is not None:
         nonfinite_rows = (_real_slots(setup.shape_key) & ~finite).sum(dim=-1, dtype=torch.int32)
+    groups = setup.window.view(-1, setup.q_per_sel)  # on the host: no synchronisation
+    spread = int((groups.max(dim=1).values - groups.min(dim=1).values).max())
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows,
-                               blocks=blocks, **setup.shape)
+                               blocks=blocks, window_spread=spread, **setup.shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
         nheads_kv=setup.nheads_kv, gqa_granularity=config.gqa_granularity, segment_rows=setup.segment_rows,

@@ -121,7 +121,7 @@ def _ramp_sum(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 def block_pairs(
     blocks, col_idx: torch.Tensor, col_count: torch.Tensor, window: torch.Tensor, *,
-    seqlen_q: int, seqlen_k: int, q_per_sel: int, max_elements: int = 1 << 22,
+    seqlen_q: int, seqlen_k: int, q_per_sel: int, max_elements: int = 1 << 22, window_spread: int | None = None,
 ) -> torch.Tensor:
     """Pairs the chosen key blocks add to the window and the stripes, per (batch, query head).
 
@@ -137,6 +137,9 @@ def block_pairs(
     Returns:
         (B, Hq) fp64 pair counts.
     """
+    if not blocks.has_columns:
+        return _block_pairs_without_columns(blocks, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                                            q_per_sel=q_per_sel, window_spread=window_spread)
     blk_idx, blk_count = blocks.blk_idx, blocks.blk_count
     batch, n_sel, n_qb, kbmax = blk_idx.shape
     device = blk_idx.device
@@ -180,9 +183,48 @@ def block_pairs(
     return total.reshape(batch, n_sel * q_per_sel)
 
 
+def _block_pairs_without_columns(blocks, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
+                                 q_per_sel: int, window_spread: int | None) -> torch.Tensor:
+    """`block_pairs` of a plan without stripe columns, from each list's last few blocks only.
+
+    The chosen blocks of a query block are ascending and start left of the window of its last
+    row for the group's narrowest window (`sampleattn.rules.block.candidate_blocks`). Only
+    those that meet ``[first_pos - w_max + 1, last_pos - w_min]`` can reach into a row's window
+    or be the short last key block: at most ``(block_rows + w_max - w_min) // key_block + 2``,
+    the last of each list. Every earlier one is whole and left of every row's window,
+    ``key_block * rows`` pairs. So the work is O(B * Hq * n_qblocks) whatever the number of
+    blocks chosen (at 1M tokens the lists hold thousands). Returns (B, Hq) fp64.
+    """
+    blk_idx, count = blocks.blk_idx, blocks.blk_count.to(torch.int64)
+    batch, n_sel, n_qb, kbmax = blk_idx.shape
+    device = blk_idx.device
+    offset = seqlen_k - seqlen_q
+    kb, rows_per = blocks.key_block, blocks.block_rows
+    w = window.to(device, torch.int64).view(1, n_sel, 1, q_per_sel, 1)
+    if window_spread is None:
+        groups = w.view(n_sel, q_per_sel)
+        window_spread = int((groups.max(dim=1).values - groups.min(dim=1).values).max())
+    edge = min(kbmax, (rows_per + window_spread) // kb + 2)
+    slot = count.unsqueeze(-1) - edge + torch.arange(edge, device=device)  # (B, Hsel, n_qb, edge)
+    used = slot >= 0
+    c = torch.gather(blk_idx, 3, slot.clamp(min=0)).to(torch.int64)
+    a = c * kb
+    b = torch.clamp(a + kb, max=seqlen_k)
+    qb = torch.arange(n_qb, device=device)
+    r1 = torch.clamp((qb + 1) * rows_per, max=seqlen_q)
+    n_rows = (r1 - qb * rows_per).view(1, 1, -1, 1)
+    inner = (count - edge).clamp(min=0).to(torch.float64) * (kb * n_rows.squeeze(-1))  # (B, Hsel, n_qb)
+    t = (r1 + offset).view(1, 1, -1, 1, 1) - w  # a row counts key j for t - j rows, clamped
+    n5 = n_rows.unsqueeze(3)
+    keys = _ramp_sum(t - a.unsqueeze(3), n5) - _ramp_sum(t - b.unsqueeze(3), n5)
+    edges = torch.where(used.unsqueeze(3), keys, 0.0).sum(dim=-1)  # (B, Hsel, n_qb, q_per_sel)
+    total = (edges + inner.unsqueeze(-1)).sum(dim=2)
+    return total.reshape(batch, n_sel * q_per_sel)
+
+
 def density_per_head(
     col_idx: torch.Tensor, col_count: torch.Tensor, window: torch.Tensor, *,
-    seqlen_q: int, seqlen_k: int, segment_rows: int, q_per_sel: int, blocks=None,
+    seqlen_q: int, seqlen_k: int, segment_rows: int, q_per_sel: int, blocks=None, window_spread: int | None = None,
 ) -> torch.Tensor:
     """Computed pairs over visible pairs, per (batch, query head), in closed form (no mask).
 
@@ -190,6 +232,7 @@ def density_per_head(
         col_idx: (B, Hsel, n_seg, kmax) int32; col_count: (B, Hsel, n_seg) int32.
         window: (Hq,) int window per query head.
         blocks: the chosen key blocks (`sampleattn.planning.KeyBlocks`), or None.
+        window_spread: see `block_pairs`.
     Returns:
         (B, Hq) fp32.
     """
@@ -212,5 +255,5 @@ def density_per_head(
     computed = stripes.reshape(batch, n_sel * q_per_sel) + win.view(1, -1)
     if blocks is not None:
         computed = computed + block_pairs(blocks, col_idx, col_count, window, seqlen_q=seqlen_q,
-                                          seqlen_k=seqlen_k, q_per_sel=q_per_sel)
+                                          seqlen_k=seqlen_k, q_per_sel=q_per_sel, window_spread=window_spread)
     return (computed / visible).to(torch.float32)

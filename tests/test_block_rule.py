@@ -149,3 +149,121 @@ def test_block_scores_whole_tiles_match_the_reference(q_per_sel):
     kw = dict(key_block=16, block_rows=32, q_per_sel=q_per_sel, scale=0.125)
     torch.testing.assert_close(block_scores(q, k, block_c=16, **kw), block_scores_ref(q, k, **kw),
                                atol=1e-4, rtol=1e-3)
+
+
+SELECT_GRID = [  # (batch, Hsel, n_qblocks, n_kblocks, beta, sink_blocks)
+    (2, 3, 5, 37, 0.9, 1),
+    (1, 2, 9, 9, 0.99, 0),
+    (1, 2, 6, 20, 0.5, 2),
+    (1, 1, 4, 70, 1.0, 1),
+]
+
+
+@pytest.mark.parametrize("case", SELECT_GRID, ids=lambda c: "x".join(map(str, c)))
+def test_selection_kernel_matches_the_reference(case):
+    from sampleattn.kernels import select_key_blocks
+    from sampleattn.rules.block import select_key_blocks_ref
+
+    batch, n_sel, n_qb, n_kb, beta, sinks = case
+    gen = torch.Generator().manual_seed(n_kb)
+    scores = torch.rand(batch, n_sel, n_qb, n_kb, generator=gen) ** 4
+    scores[0, 0, 0] = 0.0  # a query block whose scores are all zero keeps its sinks only
+    scores[-1, -1, -1, :4] = 0.25  # ties at the threshold are kept together
+    cand = torch.randint(0, n_kb + 1, (n_sel, n_qb), generator=gen)
+    width = -(-n_kb // 16) * 16
+    kw = dict(sink_blocks=sinks, width=width)
+    got = select_key_blocks(scores.to(DEVICE), cand.to(DEVICE), beta, block_c=16, **kw)
+    want = select_key_blocks_ref(scores, cand, beta, **kw)
+    assert torch.equal(got[1].cpu(), want[1])
+    assert torch.equal(got[0].cpu(), want[0])
+
+
+def test_selection_reaches_the_target_with_the_fewest_blocks():
+    """What the threshold means: the chosen blocks with the window reach beta of each row's
+    mass, and leaving out the smallest chosen free block would fall short of it."""
+    from sampleattn.kernels import select_key_blocks
+
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.rand(1, 2, 8, 50, generator=gen) ** 3
+    cand = torch.randint(10, 51, (2, 8), generator=gen)
+    beta = 0.8
+    blk_idx, count = select_key_blocks(scores.to(DEVICE), cand.to(DEVICE), beta, sink_blocks=1, width=64, block_c=16)
+    blk_idx, count = blk_idx.cpu(), count.cpu()
+    for s in range(2):
+        for t in range(8):
+            row, c = scores[0, s, t], int(cand[s, t])
+            chosen = blk_idx[0, s, t, : count[0, s, t]].long()
+            assert torch.all(blk_idx[0, s, t, count[0, s, t]:] == 50)
+            assert torch.all(chosen[1:] > chosen[:-1]) and 0 in chosen.tolist()  # ascending, the sink kept
+            kept = row[chosen].sum() + row[c:].sum()
+            assert kept >= beta * row.sum() - 1e-5
+            free = chosen[chosen != 0]
+            if len(free):
+                assert kept - row[free].min() < beta * row.sum() + 1e-5
+
+
+def test_selection_keeps_every_candidate_where_scores_are_not_finite():
+    from sampleattn.kernels import select_key_blocks
+    from sampleattn.rules.block import select_key_blocks_ref
+
+    scores = torch.rand(1, 1, 3, 20)
+    scores[0, 0, 1, 5] = float("nan")
+    cand = torch.tensor([[3, 12, 20]])
+    for fn, kw in ((select_key_blocks, dict(block_c=16)), (select_key_blocks_ref, {})):
+        blk_idx, count = fn(scores.to(DEVICE), cand.to(DEVICE), 0.9, sink_blocks=1, width=32, **kw)
+        assert count[0, 0, 1].item() == 12
+        assert blk_idx[0, 0, 1, :12].cpu().tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("row_stride", [2, 4])
+def test_block_scores_of_every_few_rows_match_the_reference(row_stride):
+    """The estimate on one row in every ``row_stride`` (the last of each group; the sequence's
+    last row where it cuts the group short), Sq < Sk and a length no multiple of the block."""
+    q, k, _ = qkv(1, 203, 330, 4, 2, 64, DTYPES[1], seed=5)
+    kw = dict(key_block=32, block_rows=64, q_per_sel=2, scale=0.125, row_stride=row_stride)
+    got = block_scores(q, k, **kw)
+    torch.testing.assert_close(got, block_scores_ref(q, k, **kw), atol=1e-4, rtol=1e-3)
+    # every scored (row, head) pair's shares sum to 1: 2 heads x ceil(rows of the block / stride)
+    rows = torch.tensor([64, 64, 64, 203 - 192])
+    assert torch.allclose(got.sum(-1)[0, 0].cpu(), 2.0 * torch.ceil(rows / row_stride), atol=1e-3)
+
+
+def test_row_stride_is_checked_against_the_query_block():
+    with pytest.raises(ValueError, match="power of two"):
+        BlockRule(row_stride=3)
+    with pytest.raises(ValueError, match="at least 16"):
+        cfg(BlockRule(row_stride=8), block_m=64)
+    assert "row_stride" not in BlockRule().hash_fields() and BlockRule(row_stride=2).hash_fields()["row_stride"] == 2
+
+
+@pytest.mark.parametrize("case", [(2, 3, 2, 700, 900, 64, 32), (1, 2, 4, 513, 513, 128, 128), (1, 1, 1, 1000, 1000, 64, 16),
+                                  (1, 2, 1, 300, 1300, 32, 64)], ids=lambda c: "-".join(map(str, c)))
+def test_block_pairs_from_the_last_blocks_equal_the_general_count(case):
+    """Without stripe columns the density counts only each list's last few blocks exactly (the
+    earlier ones are whole and left of every window): the same pairs as the general count,
+    with windows that differ inside a selection group."""
+    from sampleattn.planning import KeyBlocks
+    from sampleattn.rules.block import candidate_blocks
+    from sampleattn.selection import block_pairs
+
+    batch, n_sel, group, sq, sk, rows, kb = case
+    gen = torch.Generator().manual_seed(sq)
+    n_qb, n_kb = -(-sq // rows), -(-sk // kb)
+    window = torch.randint(5, 60, (n_sel * group,), generator=gen)
+    cand = candidate_blocks(window, seqlen_q=sq, seqlen_k=sk, block_rows=rows, key_block=kb, q_per_sel=group)
+    blk_idx = torch.full((batch, n_sel, n_qb, n_kb), n_kb, dtype=torch.int32)
+    count = torch.zeros((batch, n_sel, n_qb), dtype=torch.int32)
+    for b in range(batch):
+        for s in range(n_sel):
+            for t in range(n_qb):
+                c = int(cand[s, t])
+                pick = torch.randperm(c, generator=gen)[: int(torch.randint(0, c + 1, (1,), generator=gen))]
+                blk_idx[b, s, t, : len(pick)] = pick.sort().values.to(torch.int32)
+                count[b, s, t] = len(pick)
+    no_cols = torch.full((batch, n_sel, 1, 16), sk, dtype=torch.int32), torch.zeros((batch, n_sel, 1), dtype=torch.int32)
+    kw = dict(seqlen_q=sq, seqlen_k=sk, q_per_sel=group)
+    make = lambda has_columns: KeyBlocks(blk_idx=blk_idx, blk_count=count, block_rows=rows, key_block=kb,
+                                         has_columns=has_columns)
+    general = block_pairs(make(True), *no_cols, window, **kw)
+    assert general.sum() > 0
+    assert torch.equal(block_pairs(make(False), *no_cols, window, **kw), general)

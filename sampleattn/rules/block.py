@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sampleattn.config import SampleAttentionConfig
     from sampleattn.planning import KeyBlocks, PlanSetup, SparsePlan
 
-__all__ = ["BlockRule", "block_scores_ref", "candidate_blocks", "select_blocks"]
+__all__ = ["BlockRule", "block_scores_ref", "candidate_blocks", "select_blocks", "select_key_blocks_ref"]
 
 #: ``blk_idx``'s width is padded to a multiple of this (as ``col_idx``'s: one compiled variant).
 BLK_IDX_ALIGN = 16
@@ -36,10 +36,10 @@ BLK_IDX_ALIGN = 16
 class BlockRule(SelectionRule):
     """Window, key blocks per query block up to ``beta``, and optionally the paper's stripes.
 
-    The defaults (beta 0.99, no stripes, the first block kept) are the measured near-lossless
-    point: at 128K on the H200 with a 4% window, relative error 0.015 at 2.5x cuDNN
-    (docs/benchmarks.md, "Selection rules at 128K"). Stripes add the sampled rows' passes and,
-    there, no accuracy the blocks do not already give.
+    The defaults (beta 0.99, no stripes, the first block kept, every row scored) are the
+    measured near-lossless point: at 128K with a 2% window, relative error 0.015 at 2.5x cuDNN
+    in the middle layers (docs/benchmarks.md, "Selection rules and peers at 128K"). Stripes add
+    the sampled rows' passes and, there, no accuracy the blocks do not already give.
 
     Attributes:
         beta: block-mass target in (0, 1]: the share of each query block's estimated mass that
@@ -51,6 +51,10 @@ class BlockRule(SelectionRule):
         sink_blocks: the first key blocks every query block keeps whatever their score. A mean-
             pooled key stands badly for a block whose first keys are attention sinks (one key
             holding most of a row's mass): its mean is an ordinary key, so the estimate misses them.
+        row_stride: score one query row in every ``row_stride`` (a power of two; ``block_m /
+            row_stride`` at least 16): the estimate costs ``1 / row_stride`` as much. Rows of a
+            block mostly want the same key blocks, and at 1M tokens the estimate is a large
+            part of the plan.
     """
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
@@ -59,31 +63,39 @@ class BlockRule(SelectionRule):
     key_block: int = Field(128, ge=16, le=256, description="the keys per block, a power of two")
     stripes: bool = Field(False, description="whether the paper's stripe columns (at the config's alpha) are kept too")
     sink_blocks: int = Field(1, ge=0, description="how many leading key blocks every query block keeps")
+    row_stride: int = Field(1, ge=1, le=8, description="the estimate scores one query row in every row_stride, a power of two")
 
-    @field_validator("key_block")
+    @field_validator("key_block", "row_stride")
     @classmethod
-    def _power_of_two(cls, value: int) -> int:
+    def _power_of_two(cls, value: int, info) -> int:
         if value & (value - 1):
-            raise ValueError(f"key_block={value} must be a power of two (16, 32, 64, 128 or 256)")
+            raise ValueError(f"{info.field_name}={value} must be a power of two")
         return value
 
     def check(self, config: "SampleAttentionConfig") -> None:
         if config.segment_rows is not None:
             raise ValueError("the block rule chooses key blocks per query block; leave segment_rows=None")
+        if config.block_m // self.row_stride < 16:
+            raise ValueError(f"row_stride={self.row_stride} leaves {config.block_m // self.row_stride} scored rows of "
+                             f"each query block of block_m={config.block_m}; the estimate needs at least 16: "
+                             "lower row_stride or raise block_m")
 
     def keeps_everything(self, config: "SampleAttentionConfig") -> bool:
         return self.beta >= 1.0 or config.window_ratio >= 1.0
 
     def hash_fields(self) -> dict[str, Any]:
-        return {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes,
-                "sink_blocks": self.sink_blocks}
+        fields = {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes,
+                  "sink_blocks": self.sink_blocks}
+        if self.row_stride != 1:  # profiles of every row keep the hash they were stored with
+            fields["row_stride"] = self.row_stride
+        return fields
 
     def shape_setup(self, config, *, alpha, window, q_per_sel, head_dim, seqlen_q, seqlen_k, device) -> dict:
         return {"candidates": candidate_blocks(window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_rows=config.block_m,
                                                key_block=self.key_block, q_per_sel=q_per_sel).to(device)}
 
     # -- planning ----------------------------------------------------------------------------
-    def _plan(self, setup, config, q, k, stats, scores, *, keep_scores, reports, retained_of) -> "SparsePlan":
+    def _plan(self, setup, config, q, k, stats, scores, *, kernel, keep_scores, reports, retained_of) -> "SparsePlan":
         import torch
 
         from sampleattn.planning import make_plan
@@ -95,7 +107,8 @@ class BlockRule(SelectionRule):
                                  setup.seqlen_k, dtype=torch.int32, device=q.device)
             col_count = torch.zeros(col_idx.shape[:3], dtype=torch.int32, device=q.device)
         blocks = select_blocks(scores, setup.extras["candidates"], self.beta, block_rows=config.block_m,
-                               key_block=self.key_block, has_columns=self.stripes, sink_blocks=self.sink_blocks)
+                               key_block=self.key_block, has_columns=self.stripes, sink_blocks=self.sink_blocks,
+                               kernel=kernel)
         plan = make_plan(setup, config, stats, col_idx, col_count, reports=False, keep_scores=keep_scores,
                          blocks=blocks, block_scores=scores if keep_scores else None)
         if not reports:
@@ -109,7 +122,7 @@ class BlockRule(SelectionRule):
 
         stats = row_statistics(setup, q, k, reports=reports) if self.stripes else None
         scores = block_scores(q, k, key_block=self.key_block, block_rows=config.block_m, q_per_sel=setup.q_per_sel,
-                              scale=setup.scale)
+                              scale=setup.scale, row_stride=self.row_stride)
 
         def retained_of(plan):
             if stats is not None:
@@ -119,32 +132,34 @@ class BlockRule(SelectionRule):
                                             block_s=setup.rows.block, window_mass=False)
             return _retained_kernels(setup, q, k, plan, lse2, config)
 
-        return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
-                          retained_of=retained_of)
+        return self._plan(setup, config, q, k, stats, scores, kernel=True, keep_scores=keep_scores,
+                          reports=reports, retained_of=retained_of)
 
     def plan_reference(self, setup, q, k, config, *, keep_scores, reports) -> "SparsePlan":
         from sampleattn.reference import row_statistics_ref
 
         stats = row_statistics_ref(setup, q, k) if self.stripes else None
         scores = block_scores_ref(q, k, key_block=self.key_block, block_rows=config.block_m,
-                                  q_per_sel=setup.q_per_sel, scale=setup.scale)
+                                  q_per_sel=setup.q_per_sel, scale=setup.scale, row_stride=self.row_stride)
 
         def retained_of(plan):
             return _retained_reference(setup, q, k, plan)
 
-        return self._plan(setup, config, q, k, stats, scores, keep_scores=keep_scores, reports=reports,
-                          retained_of=retained_of)
+        return self._plan(setup, config, q, k, stats, scores, kernel=False, keep_scores=keep_scores,
+                          reports=reports, retained_of=retained_of)
 
     # -- cost and search ---------------------------------------------------------------------
     def estimation_cost(self, config: "SampleAttentionConfig", plan=None) -> float:
-        # the sampled rows' two passes (with stripes), then two passes of every row over the
-        # pooled keys, 1 / key_block of the pairs each
-        return (2.0 * sampled_pair_share(config, plan) if self.stripes else 0.0) + 2.0 / self.key_block
+        # the sampled rows' two passes (with stripes), then two passes of the scored rows over
+        # the pooled keys, 1 / key_block of their pairs each
+        return ((2.0 * sampled_pair_share(config, plan) if self.stripes else 0.0)
+                + 2.0 / (self.key_block * self.row_stride))
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:
         return {"beta": trial.suggest_float("beta", 0.8, 0.998),
                 "key_block": trial.suggest_categorical("key_block", [64, 128]),
+                "row_stride": trial.suggest_categorical("row_stride", [1, 2, 4]),
                 "stripes": trial.suggest_categorical("stripes", [True, False])}
 
 
@@ -168,18 +183,21 @@ def candidate_blocks(
 
 def select_blocks(
     scores: "torch.Tensor", candidates: "torch.Tensor", beta: float, *, block_rows: int, key_block: int,
-    has_columns: bool = True, sink_blocks: int = 0, static: bool | None = None,
+    has_columns: bool = True, sink_blocks: int = 0, static: bool | None = None, kernel: bool = False,
 ) -> "KeyBlocks":
     """Per query block, the fewest candidate key blocks by descending score whose mass, with
     the window's (the scores of the blocks after the candidates), reaches ``beta`` of the
-    query block's total; the first ``sink_blocks`` candidates are always among them (ranked
-    first, their scores counted).
+    query block's total (blocks tied with the last one needed are kept too); the first
+    ``sink_blocks`` candidates are always among them, their scores counted.
 
     Args:
         scores: (B, Hsel, n_qblocks, n_kblocks) fp32 (`sampleattn.kernels.block_scores`).
         candidates: (Hsel, n_qblocks) int64 (`candidate_blocks`), on the scores' device.
         static: pad to ``n_kblocks`` blocks (no host synchronisation) when True; None decides
             by `sampleattn.selection.uses_static_kmax`.
+        kernel: select with the Triton kernel (`sampleattn.kernels.select_key_blocks`) rather
+            than its PyTorch reference (`select_key_blocks_ref`); the two agree but where a
+            block's score ties the threshold within fp32 rounding.
     Returns:
         `KeyBlocks`; with ``beta >= 1`` every candidate block, whatever its score.
     """
@@ -188,42 +206,57 @@ def select_blocks(
     from sampleattn.planning import KeyBlocks
     from sampleattn.selection import uses_static_kmax
 
-    batch, n_sel, n_qb, n_kb = scores.shape
-    ids = torch.arange(n_kb, device=scores.device)
-    cand = ids.view(1, 1, -1) < candidates.unsqueeze(-1)  # (Hsel, n_qb, n_kb)
-    total = scores.sum(dim=-1)
-    window_mass = torch.where(cand, 0.0, scores).sum(dim=-1)
-    if beta >= 1.0:  # every candidate: the first ``candidates`` blocks, in order
-        order = ids.view(1, 1, 1, -1).expand(batch, n_sel, n_qb, -1)
-        count = candidates.view(1, n_sel, n_qb).expand(batch, -1, -1)
-    else:
-        forced = cand & (ids.view(1, 1, -1) < sink_blocks)
-        masked = torch.where(cand, scores, -1.0)
-        _, order = torch.sort(torch.where(forced, float("inf"), masked), dim=-1, descending=True, stable=True)
-        ordered = torch.gather(masked.expand(batch, -1, -1, -1), 3, order)
-        prefix = torch.cumsum(ordered.clamp(min=0.0), dim=-1)
-        need = (beta * total - window_mass).unsqueeze(-1)
-        count = (prefix < need).sum(dim=-1) + 1
-        count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
-        n_forced = forced.sum(dim=-1).expand(batch, -1, -1)
-        first = torch.arange(n_kb, device=scores.device).view(1, 1, 1, -1) < n_forced.unsqueeze(-1)
-        available = ((ordered > 0) | first).sum(dim=-1)  # never a zero-score block, but the sinks
-        count = torch.maximum(torch.minimum(count, available), n_forced)
+    n_kb = scores.shape[-1]
     if static is None:
         static = uses_static_kmax(scores.device)
-    kbmax = n_kb if static else max(int(count.max().item()), 1) if count.numel() else 1
-    top = order[..., :kbmax]
-    keep = torch.arange(kbmax, device=scores.device).view(1, 1, 1, -1) < count.unsqueeze(-1)
-    top = torch.where(keep, top, torch.full_like(top, n_kb))
-    blk_idx = torch.sort(top, dim=-1).values.to(torch.int32)
-    width = -(-kbmax // BLK_IDX_ALIGN) * BLK_IDX_ALIGN
-    blk_idx = torch.nn.functional.pad(blk_idx, (0, width - kbmax), value=n_kb)
-    return KeyBlocks(blk_idx=blk_idx.contiguous(), blk_count=count.to(torch.int32), block_rows=block_rows,
+    full_width = -(-n_kb // BLK_IDX_ALIGN) * BLK_IDX_ALIGN
+    if kernel:
+        from sampleattn.kernels import select_key_blocks
+        blk_idx, count = select_key_blocks(scores, candidates, beta, sink_blocks=sink_blocks, width=full_width)
+    else:
+        blk_idx, count = select_key_blocks_ref(scores, candidates, beta, sink_blocks=sink_blocks, width=full_width)
+    if not static:  # only as wide as the longest row needs (one host synchronisation)
+        kbmax = max(int(count.max().item()), 1) if count.numel() else 1
+        blk_idx = blk_idx[..., : -(-kbmax // BLK_IDX_ALIGN) * BLK_IDX_ALIGN]
+    return KeyBlocks(blk_idx=blk_idx.contiguous(), blk_count=count, block_rows=block_rows,
                      key_block=key_block, has_columns=has_columns)
+
+
+def select_key_blocks_ref(
+    scores: "torch.Tensor", candidates: "torch.Tensor", beta: float, *, sink_blocks: int, width: int,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Plain-PyTorch oracle of `sampleattn.kernels.select_key_blocks` (same arguments and
+    outputs): a descending sort per row gives the threshold, the score of the last block the
+    prefix needs. Returns blk_idx (B, Hsel, n_qblocks, width) int32 ascending, padded with
+    ``n_kblocks``, and blk_count (B, Hsel, n_qblocks) int32."""
+    import torch
+
+    n_kb = scores.shape[-1]
+    ids = torch.arange(n_kb, device=scores.device)
+    cand = ids.view(1, 1, -1) < candidates.to(scores.device).unsqueeze(-1)  # (Hsel, n_qb, n_kb)
+    forced = cand & (ids.view(1, 1, -1) < sink_blocks)
+    free = cand & ~forced
+    need = (beta * scores.sum(-1) - torch.where(cand, 0.0, scores).sum(-1)
+            - torch.where(forced, scores, 0.0).sum(-1))
+    keep_all = (beta >= 1.0) | ~torch.isfinite(need)
+    ordered = torch.sort(torch.where(free & (scores > 0), scores, 0.0), dim=-1, descending=True).values
+    prefix = torch.cumsum(ordered, dim=-1)
+    positive = (ordered > 0).sum(-1)
+    taken = torch.minimum((prefix < need.unsqueeze(-1)).sum(-1) + 1, positive)
+    tau = torch.gather(ordered, -1, (taken - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    tau = torch.where((need > 0) & (taken > 0), tau, float("inf"))  # nothing free is needed
+    chosen = forced | (free & (scores > 0) & (scores >= tau.unsqueeze(-1)))
+    chosen = torch.where(keep_all.unsqueeze(-1), cand.expand_as(chosen), chosen)
+    count = chosen.sum(-1).to(torch.int32)
+    ranked = torch.sort(torch.where(chosen, ids, n_kb), dim=-1).values.to(torch.int32)
+    if width > n_kb:
+        ranked = torch.nn.functional.pad(ranked, (0, width - n_kb), value=n_kb)
+    return ranked[..., :width].contiguous(), count
 
 
 def block_scores_ref(
     q: "torch.Tensor", k: "torch.Tensor", *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
+    row_stride: int = 1,
 ) -> "torch.Tensor":
     """Plain-PyTorch oracle of `sampleattn.kernels.block_scores` (same arguments and output):
     (B, Hsel, n_qblocks, n_kblocks) fp32. Memory O(Sq * n_kblocks) per head."""
@@ -244,8 +277,11 @@ def block_scores_ref(
     logits = torch.where(visible > 0, logits + torch.log(visible.clamp(min=1).float()), float("-inf"))
     share = torch.softmax(logits, dim=-1)  # every row sees block 0: no row is all -inf
     n_qb = -(-seqlen_q // block_rows)
-    share = torch.nn.functional.pad(share, (0, 0, 0, n_qb * block_rows - seqlen_q))
-    per_block = share.view(batch, nheads_q, n_qb, block_rows, n_kb).sum(dim=3)
+    # the scored rows: the last of each group of row_stride rows, or the last query row
+    group_first = torch.arange(0, n_qb * block_rows, row_stride, device=q.device)
+    scored = torch.clamp(group_first + row_stride - 1, max=seqlen_q - 1)
+    share = torch.where((group_first < seqlen_q).view(1, 1, -1, 1), share[:, :, scored], 0.0)
+    per_block = share.view(batch, nheads_q, n_qb, block_rows // row_stride, n_kb).sum(dim=3)
     return per_block.view(batch, nheads_q // q_per_sel, q_per_sel, n_qb, n_kb).sum(dim=2)
 
 
