@@ -5,7 +5,10 @@ those belong to the dated notes under docs/results/)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -96,3 +99,18 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     assert "does not exist" in (_problem(page, "nothere.md") or "")
     assert "no heading" in (_problem(page, "other.md#nope") or "")
     assert HISTORY.search("as measured in session 5") and not HISTORY.search("one session helper commits")
+
+
+def test_readme_quick_start_runs() -> None:
+    """The README's quick start, as written, in a fresh process on the plain-PyTorch path (what a
+    CPU without Triton's interpreter runs; the interpreter would take minutes at this length)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r"density (\d\.\d+), relative error (\d\.\d+)", result.stdout)
+    assert found, result.stdout
+    density, error = map(float, found.groups())
+    assert 0 < density <= 1 and error < 0.5
