@@ -1,7 +1,7 @@
 """The documentation stays honest: every relative link of README.md and docs/ points to a file that
 exists (and, for a link with an anchor into a markdown file, to a heading of that file), and the
-pages speak of the project, not of how it came to be (no sessions, issues or superseded figures:
-those belong to the dated notes under docs/results/)."""
+pages speak of the project, not of how it came to be (the history of measurements belongs to
+the dated notes under docs/results/; HISTORY lists the words that betray it)."""
 
 from __future__ import annotations
 
