@@ -1,6 +1,6 @@
-"""Every measurement of the speed issue in one process, cheapest and most important first.
+"""Every speed target measured in one process, cheapest and most important first.
 
-Run on the lent H200 (docs/benchmarks.md, "Targets")::
+Run on the lent H200 (docs/benchmarks.md, "The paper's rule at 128K and 1M")::
 
     python3 -m sampleattn.bench.suite --out OUT --budget-s 500
 

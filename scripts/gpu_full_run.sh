@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole benchmark run of issue 4 on the lent H200, in four device calls that each fit in the
-# device tool's 10-minute limit (docs/benchmarks.md, "Run of 2026-12-02"; scripts/gpu_session.md
+# The whole benchmark run on the lent H200, in four device calls that each fit in the
+# device tool's 10-minute limit (docs/benchmarks.md; docs/results/2026-12-02-notes.md; scripts/gpu_session.md
 # stages the wheels first). Runs on the GPU machine, results under $OUT:
 #   bash scripts/gpu_full_run.sh targets   # gpu_check + the targets' suite parts (real inputs)  ~380 s
 #   bash scripts/gpu_full_run.sh added     # FlexAttention, batch 4, ChatGLM2, grids, 256K-512K   ~300 s

@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Default budget per objective. ``layer``: the mean per-layer relative L2 error; on SmolLM2 at
-#: 4K a per-layer error of 7% kept perplexity within 5% (the evaluation quoted in issue 5).
+#: 4K a per-layer error of 7% kept perplexity within 5%.
 #: ``model``: KL divergence of the final logits in nats per token.
 DEFAULT_MAX_ERROR = {"layer": 0.07, "model": 0.05}
 
