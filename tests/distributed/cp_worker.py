@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 import traceback
 
@@ -13,12 +12,6 @@ import torch
 import torch.distributed as dist
 
 TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def case_tensors(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

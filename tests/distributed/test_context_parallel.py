@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cp_worker import case_tensors, free_port, run_cases
+from cp_worker import case_tensors, run_cases
 from sampleattn import SampleAttentionConfig, sample_attention
 from sampleattn.distributed import join_sequence
+from sampleattn.distributed.testing import free_port
 from sampleattn.rules import BlockRule
 
 #: divides into 2 * world pieces for every world size tested, and is no multiple of the query
@@ -33,10 +34,18 @@ CONFIGS = {
 SHAPES = {  # batch, query heads, KV heads (GQA 2:1 and MQA 4:1)
     "sampled": (2, 4, 2), "sampled-kv": (1, 4, 1), "block": (2, 4, 2), "block-stripes": (1, 4, 2), "dense": (1, 2, 1),
 }
-LAYOUTS = ("contiguous", "zigzag")
-# (config, layout, backend); the block rule's estimate takes the Triton kernel (interpreter) under auto
-RUNS = [(name, layout, "auto") for name in ("sampled", "sampled-kv", "block", "block-stripes") for layout in LAYOUTS]
-RUNS += [("block", "zigzag", "torch"), ("dense", "contiguous", "auto")]
+# (config, layout, backend) per world size: every rule and layout at several world sizes, each
+# world size both layouts; the block rule's estimate takes the Triton kernel (interpreter) under
+# "auto" and plain PyTorch under "torch"
+RUNS = {
+    1: [("sampled", "contiguous", "auto"), ("block", "zigzag", "auto"), ("dense", "contiguous", "auto")],
+    2: [("sampled", "contiguous", "auto"), ("sampled-kv", "zigzag", "auto"), ("block", "zigzag", "torch"),
+        ("block-stripes", "contiguous", "auto"), ("dense", "contiguous", "auto")],
+    3: [("sampled", "zigzag", "auto"), ("sampled-kv", "contiguous", "auto"), ("block", "contiguous", "auto"),
+        ("block-stripes", "zigzag", "auto")],
+    4: [("sampled", "contiguous", "auto"), ("sampled", "zigzag", "auto"), ("block", "contiguous", "auto"),
+        ("block", "zigzag", "auto"), ("block-stripes", "zigzag", "torch")],
+}
 FAIL_TIMEOUT_S = 4.0
 
 
@@ -47,11 +56,8 @@ def _case(name: str, layout: str, backend: str, seed: int = 3, **extra) -> dict:
 
 
 def _world_cases(world: int) -> list[dict]:
-    if world == 1:  # a group of one is the operator itself: one case per rule and the dense path
-        return [_case("sampled", "contiguous", "auto"), _case("block", "zigzag", "auto"),
-                _case("dense", "contiguous", "auto")]
-    cases = [_case(*run) for run in RUNS]
-    if world > 1:
+    cases = [_case(*run) for run in RUNS[world]]
+    if world > 1:  # refused and failing ranks; the failure leaves the group broken, so it comes last
         cases.append(_case("sampled", "contiguous", "auto", bad_rank=world - 1))
         cases.append(_case("sampled", "zigzag", "auto", short_rank=1))
         cases.append(_case("sampled", "contiguous", "auto", fail_rank=world - 1, timeout=FAIL_TIMEOUT_S))
