@@ -129,7 +129,7 @@ SCENARIOS = {  # measured plans at 1M (docs/benchmarks.md), see docs/distributed
     "sampled-w1-kept6": Scenario("paper rule, window 1%, sample 1%, kept 6%", 0.01, 0.01, 0.06),
     "sampled-w1-kept23": Scenario("paper rule, window 1%, sample 1%, kept 23%", 0.01, 0.01, 0.23),
     "block-w1-kept25": Scenario("block rule, window 1%, kept 25%", 0.01, 0.0, 0.25, key_block=128),
-    "block-w1-kept50": Scenario("block rule, window 1%, kept 50%", 0.01, 0.0, 0.50, key_block=128),
+    "block-w1-kept100": Scenario("block rule, window 1%, kept 100%", 0.01, 0.0, 1.0, key_block=128),
 }
 
 
