@@ -5,7 +5,7 @@ every rank of a `torch.distributed` group (gloo on CPUs, NCCL on GPUs). Stages 1
 single-process plan with little traffic (sampled query rows, partial log-sum-exps, merged top
 column scores, pooled keys); stage 3 fetches per rank only the keys and values its rows keep.
 `ByteCounter` counts the bytes each rank sends (docs/distributed.md compares them with ring
-attention's). Importing this package does not import `torch.distributed` backends' extras.
+attention's; ``python -m sampleattn.distributed.bytes`` prints the comparison).
 """
 
 from __future__ import annotations
