@@ -16,8 +16,9 @@ import torch
 
 __all__ = ["LocalMask", "attend", "merge_by_lse"]
 
-#: Query rows per step of `attend`: memory O(ROW_CHUNK * keys) per query head.
-ROW_CHUNK = 1024
+#: Elements of one step's (heads, rows, keys) logits in `attend` (fp32: 512 MiB): the rows per
+#: step shrink as the keys grow, so memory stays bounded at any length.
+STEP_ELEMENTS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ def attend(q: torch.Tensor, mask: LocalMask, key_sets: Iterable[tuple[int, int, 
             continue
         group = nheads_q // nheads_kv
         heads = slice(kv * group, (kv + 1) * group)
-        for r0 in range(0, local, ROW_CHUNK):
-            rows = torch.arange(r0, min(local, r0 + ROW_CHUNK), device=q.device)
+        step = max(16, STEP_ELEMENTS // (group * keys.numel()))
+        for r0 in range(0, local, step):
+            rows = torch.arange(r0, min(local, r0 + step), device=q.device)
             s = torch.matmul(q[b, rows, heads].float().transpose(0, 1), k.float().t()) * scale
             s = s.masked_fill(~mask.keep(b, heads, rows, keys), float("-inf"))
             row_lse = torch.logsumexp(s, dim=-1)

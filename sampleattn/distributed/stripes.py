@@ -48,11 +48,22 @@ def gather_sampled_queries(setup: PlanSetup, q: torch.Tensor, layout: SequenceLa
     return q_s
 
 
-def _slot_logits(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, kv: int) -> torch.Tensor:
-    """(B, g, n_slots, L) fp32 scaled logits of KV head ``kv``'s query heads against local keys."""
+#: Elements of one step's (heads, slots, keys) logits in stage 1 (fp32: 512 MiB): the local keys
+#: are scored in chunks so that memory stays bounded at any length.
+STEP_ELEMENTS = 1 << 27
+
+
+def _key_chunks(setup: PlanSetup, n_slots: int, local: int) -> list[slice]:
+    group = setup.nheads_q // setup.nheads_kv
+    step = max(16, STEP_ELEMENTS // max(1, group * n_slots))
+    return [slice(j, min(local, j + step)) for j in range(0, local, step)]
+
+
+def _slot_logits(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, kv: int, keys: slice) -> torch.Tensor:
+    """(B, g, n_slots, n) fp32 scaled logits of KV head ``kv``'s query heads against local keys ``keys``."""
     group = setup.nheads_q // setup.nheads_kv
     heads = slice(kv * group, (kv + 1) * group)
-    return torch.einsum("bshd,bld->bhsl", q_s[:, :, heads].float(), k[:, :, kv].float()) * setup.scale
+    return torch.einsum("bshd,bld->bhsl", q_s[:, :, heads].float(), k[:, keys, kv].float()) * setup.scale
 
 
 def stripe_scores_cp(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, key_pos: torch.Tensor,
@@ -70,15 +81,20 @@ def stripe_scores_cp(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, key_p
     """
     rows = setup.rows.rows.to(k.device, torch.int64)
     pos = (setup.seqlen_k - setup.seqlen_q + rows).view(1, 1, -1, 1)
-    j = key_pos.view(1, 1, 1, -1)
-    visible = (j <= pos) & (rows >= 0).view(1, 1, -1, 1)
+    real = (rows >= 0).view(1, 1, -1, 1)
     group = setup.nheads_q // setup.nheads_kv
-    partial = torch.empty(q_s.shape[0], setup.nheads_q, rows.numel(), device=k.device)
-    for kv in range(setup.nheads_kv):  # two passes per KV head: memory O(n_slots * L) per head
-        s = _slot_logits(setup, q_s, k, kv)
-        partial[:, kv * group:(kv + 1) * group] = torch.logsumexp(s.masked_fill(~visible, float("-inf")), dim=-1)
+    chunks = _key_chunks(setup, rows.numel(), key_pos.numel())
+    # pass 1: each slot's log-sum-exp over the local keys (chunk by chunk), then over the ranks
+    partial = torch.full((q_s.shape[0], setup.nheads_q, rows.numel()), float("-inf"), device=k.device)
+    for kv in range(setup.nheads_kv):
+        heads = slice(kv * group, (kv + 1) * group)
+        for keys in chunks:
+            visible = (key_pos[keys].view(1, 1, 1, -1) <= pos) & real
+            s = _slot_logits(setup, q_s, k, kv, keys).masked_fill(~visible, float("-inf"))
+            partial[:, heads] = torch.logaddexp(partial[:, heads], torch.logsumexp(s, dim=-1))
     lse = torch.logsumexp(comm.all_gather(partial, "row_lse"), dim=0)  # the same on every rank
     finite = torch.isfinite(lse)
+    # pass 2: each local key's share of the slots' mass outside their windows
     window = setup.window_dev.to(k.device, torch.int64)
     slot_seg = setup.rows.block_seg.to(k.device, torch.int64).repeat_interleave(setup.rows.block)
     n_seg = setup.rows.seg_blocks.numel() - 1
@@ -86,10 +102,12 @@ def stripe_scores_cp(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, key_p
     per_head = torch.empty(q_s.shape[0], setup.nheads_q, n_seg, key_pos.numel(), device=k.device)
     for kv in range(setup.nheads_kv):
         heads = slice(kv * group, (kv + 1) * group)
-        s = _slot_logits(setup, q_s, k, kv)
-        outside = visible & (j <= pos - window[heads].view(1, -1, 1, 1)) & finite[:, heads].unsqueeze(-1)
-        p = torch.where(outside, torch.exp(s - lse[:, heads].unsqueeze(-1)), 0.0)
-        per_head[:, heads] = torch.einsum("bhsl,sg->bhgl", p, onehot)
+        for keys in chunks:
+            j = key_pos[keys].view(1, 1, 1, -1)
+            outside = (j <= pos) & real & (j <= pos - window[heads].view(1, -1, 1, 1))
+            outside = outside & finite[:, heads].unsqueeze(-1)
+            p = torch.where(outside, torch.exp(_slot_logits(setup, q_s, k, kv, keys) - lse[:, heads].unsqueeze(-1)), 0.0)
+            per_head[:, heads, :, keys] = torch.einsum("bhsl,sg->bhgl", p, onehot)
     scores = per_head.view(q_s.shape[0], -1, setup.q_per_sel, n_seg, key_pos.numel()).sum(dim=2)
     return scores, finite
 
