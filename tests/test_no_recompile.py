@@ -5,7 +5,8 @@ The lengths are runtime arguments of every kernel and are not specialised on
 (kernels/_specialization.py), and `col_idx` is padded to a multiple of 16 columns, so one
 configuration compiles each kernel once whatever the length: over many lengths (every residue
 class mod 16, of the lengths and of the counts derived from them) each kernel has one key, and
-stage 3 two at most (its compact-columns path is a separate variant, chosen by memory)."""
+stage 3 two at most (its compact-columns path is a separate variant, chosen by memory). The block
+rule's estimate and selection kernels likewise compile once."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ def _config(**update):
     return SampleAttentionConfig(alpha=0.95, window_ratio=0.08, sample_ratio=0.05, dense_below=0, **update)
 
 
-@pytest.mark.parametrize("mode", ["kv_head", "query_head", "reports", "rescored"])
+@pytest.mark.parametrize("mode", ["kv_head", "query_head", "reports", "rescored", "block"])
 def test_new_lengths_do_not_recompile(mode):
     from sampleattn.bench.triton_keys import CacheKeyRecorder
+    from sampleattn.rules import BlockRule
 
-    config = _config(gqa_granularity="query_head" if mode == "query_head" else "kv_head",
-                     selection="rescored" if mode == "rescored" else "sampled")
+    selection = {"rescored": "rescored", "block": BlockRule(beta=0.9, key_block=64, row_stride=2)}.get(mode, "sampled")
+    config = _config(gqa_granularity="query_head" if mode == "query_head" else "kv_head", selection=selection)
     with CacheKeyRecorder() as recorder:
         for n in LENGTHS:
             q, k, v = structured_qkv(1, n, n, 4, 2, 64, dtype=torch.float16, seed=n)
@@ -42,7 +44,8 @@ def test_new_lengths_do_not_recompile(mode):
                 sample_attention(q, k, v, config)
     counts = recorder.count_by_kernel()
     expected = {"reports": {"sampled_row_stats_kernel", "column_scores_kernel", "stripe_mass_kernel"},
-                "rescored": {"candidate_mass_kernel", "sparse_attention_fwd_kernel"}}.get(
+                "rescored": {"candidate_mass_kernel", "sparse_attention_fwd_kernel"},
+                "block": {"block_scores_kernel", "block_select_kernel", "sparse_attention_fwd_kernel"}}.get(
                     mode, {"sampled_row_stats_kernel", "column_scores_kernel", "sparse_attention_fwd_kernel"})
     assert expected <= set(counts), counts
     differing = recorder.differing_arguments()
