@@ -123,8 +123,8 @@ def _split(result) -> tuple[Any, dict]:
 def measure(method: Method, q, k, v, *, rows, exact, cudnn_ms: float | None, repeat: int, warmup: int) -> dict:
     """Check, then time, one method on q (B, S, Hq, D), k/v (B, S, Hkv, D); ``exact`` is exact
     attention of ``rows`` (B, len(rows), Hq, D). Returns one row (the module docstring)."""
-    from sampleattn.bench.harness import device_ms
     from sampleattn.reference import relative_error
+    from sampleattn.timing import device_ms
 
     device = q.device
     row: dict = {"method": method.name, "params": method.params}
