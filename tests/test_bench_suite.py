@@ -147,8 +147,10 @@ def test_dry_run_measures_every_stand_in_case(dry_run):
     flex = next(r for r in cases if r["part"] == "flex128k")
     assert flex["flex_ms"] is None  # FlexAttention is timed on a GPU only
     dense = [r for r in report["rows"] if r["part"] == "dense"]
-    # one dense timing per (length, geometry, batch), reused by every case there
-    assert len({(r["seqlen"], r["geometry"], r["batch"]) for r in dense}) == len(dense) == 4
+    # one dense timing per (length, geometry, batch), reused by every case there; flex128k times
+    # its length again with FlexAttention beside cuDNN and flash
+    assert len({(r["seqlen"], r["geometry"], r["batch"]) for r in dense}) == 4
+    assert [("flex" in r) for r in dense].count(True) == 1 and len(dense) == 5
     assert any(r.get("flex_error") for r in dense)
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(report["rows"])
