@@ -134,8 +134,7 @@ class Part:
     summary: str | None = None
 
 
-#: The default order. The first nine keep the order of the suite's first GPU run, so that a rerun
-#: of them stays comparable; ``--parts`` picks and orders.
+#: The default order: the targets first, then the comparisons; ``--parts`` picks and orders.
 PART_ORDER = ("main128k", "synth128k", "alpha099", "breakeven", "rescored", "1m", "dense1m", "native128k", "synth1m",
               "flex128k", "alphas128k", "grid128k", "chatglm2", "batch4", "mid512k")
 
