@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     bar = case_bar(len(wanted) * len(methods), "rules_bench", enabled=not args.no_progress)
     with open(out_dir / "rules.jsonl", "a") as log:
         def emit(row: dict) -> None:
-            if row["method"] in configs:  # a rule: its config under the field name of the rows before
+            if row["method"] in configs:  # a rule: its configuration as `config`
                 row.pop("params", None)
                 row["config"] = configs[row["method"]]
             rows_out.append(row)
