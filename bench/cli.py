@@ -124,18 +124,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("geom", "len", "alpha", "win", "smp", "density", "error", "plan ms", "attn ms", "total ms",
-            "cuDNN ms", "x cuDNN", "x flash", "attn TF/s")
-    print(" | ".join(head))
-    for r in rows:
-        def f(key, fmt="{:.2f}"):
-            value = r.get(key)
-            return fmt.format(value) if isinstance(value, float) else "-"
-        print(" | ".join([r["geometry"], format_length(r["seqlen"]), f"{r['alpha']:.3g}", f"{r['window_ratio']:.3g}",
-                          f"{r['sample_ratio']:.3g}", f("density", "{:.3f}"), f("error", "{:.4f}"), f("plan_ms"),
-                          f("attention_ms"), f("total_ms"), f("cudnn_ms"), f("speedup_vs_cudnn"),
-                          f("speedup_vs_flash"), f("attention_tflops", "{:.0f}")]))
+    from sampleattn.tables import print_table as print_rows
 
+    def f(r, key, fmt="{:.2f}"):
+        value = r.get(key)
+        return fmt.format(value) if isinstance(value, float) else "-"
+
+    print_rows(None, ("geom", "len", "alpha", "win", "smp", "density", "error", "plan ms", "attn ms", "total ms",
+                      "cuDNN ms", "x cuDNN", "x flash", "attn TF/s"),
+               [(r["geometry"], format_length(r["seqlen"]), f"{r['alpha']:.3g}", f"{r['window_ratio']:.3g}",
+                 f"{r['sample_ratio']:.3g}", f(r, "density", "{:.3f}"), f(r, "error", "{:.4f}"), f(r, "plan_ms"),
+                 f(r, "attention_ms"), f(r, "total_ms"), f(r, "cudnn_ms"), f(r, "speedup_vs_cudnn"),
+                 f(r, "speedup_vs_flash"), f(r, "attention_tflops", "{:.0f}")) for r in rows])
 
 if __name__ == "__main__":
     sys.exit(main())

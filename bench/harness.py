@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from sampleattn.timing import cuda_ms, wall_ms
+from sampleattn.timing import cuda_ms, device_ms, wall_ms
 
 from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
 from sampleattn.reference import attention_rows_ref, relative_error
 
 __all__ = ["GEOMETRIES", "Case", "run_case", "make_inputs", "dense_baselines", "capture_smollm2",
-           "smollm2_to_geometry", "device_ms", "compiled_kernel_count"]
+           "smollm2_to_geometry", "compiled_kernel_count"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +68,6 @@ class Case:
         return SampleAttentionConfig(alpha=self.alpha, window_ratio=self.window_ratio,
                                      sample_ratio=self.sample_ratio, gqa_granularity=self.gqa_granularity,
                                      dense_below=0, **dict(self.options))
-
-
-def device_ms(fn, device: torch.device | str, *, warmup: int = 2, repeat: int = 7) -> float:
-    """Median milliseconds of ``fn()``: CUDA events on a GPU, wall clock on the CPU (dry runs)."""
-    if torch.device(device).type == "cuda":
-        return cuda_ms(fn, warmup=warmup, repeat=repeat)
-    return wall_ms(fn, warmup=warmup, repeat=repeat)
 
 
 def _sync(device: torch.device | str) -> None:

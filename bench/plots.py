@@ -49,11 +49,49 @@ def plot_results(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
+def _speedup(r: dict):
+    return r.get("speedup_vs_cudnn_measured") or r.get("speedup_vs_cudnn")
+
+
+def suite_series(report: dict) -> dict[str, list[tuple[int, float]]]:
+    """The speed-up curves of a suite report: ``{name: [(seqlen, speed-up vs cuDNN), ...]}``
+    sorted by length. Real inputs (middle band, batch 1) at alpha 0.95 / w8% s5% and at w1% s1%
+    (256K-1M), and synthetic inputs; a 1M row counts against cuDNN measured at 1M when the run
+    measured it. Dense rows, and rows without a speed-up, are left out."""
+    cases = [r for r in report["rows"] if "total_ms" in r]
+
+    def point(r):
+        return (r["window_ratio"], r["sample_ratio"])
+
+    chosen = {
+        "real (SmolLM2 heads, middle band), w8% s5%": [
+            r for r in cases if r["part"] in ("breakeven", "main128k", "mid512k") and r["inputs"] != "synthetic"
+            and "real-mid" in r["label"] and point(r) == (0.08, 0.05) and r.get("batch", 1) == 1],
+        "real, middle band, w1% s1% (256K-1M)": [r for r in cases if r["part"] in ("1m", "mid512k")
+                                                 and point(r) == (0.01, 0.01)],
+        "synthetic (structured_qkv), w8% s5%": [r for r in cases if r["part"] in ("breakeven", "synth128k", "synth1m")
+                                                and r["inputs"] == "synthetic"],
+    }
+    return {name: sorted((r["seqlen"], _speedup(r)) for r in rows if isinstance(_speedup(r), float))
+            for name, rows in chosen.items()}
+
+
+def stage_bars(report: dict) -> tuple[list[tuple[str, float, float]], float | None]:
+    """``(label, plan ms, stage-3 ms)`` of the suite's 128K cases in the run's geometry, one bar per
+    configuration (parts that repeat the main case, such as the grid, are left out), and SDPA
+    cuDNN's time at that length (None if not measured)."""
+    stage_parts = ("main128k", "synth128k", "alpha099", "alphas128k", "rescored")
+    sizes = report.get("sizes", {})
+    long = [r for r in report["rows"] if "total_ms" in r and r["seqlen"] == sizes.get("long", 131072)
+            and r["geometry"] == sizes.get("geometry", "llama3") and r["part"] in stage_parts]
+    bars = [(r["label"].replace("128k ", "").replace(" (reference)", " ref").replace(" (choice)", ""),
+             r["plan_ms"], r["attention_ms"]) for r in long]
+    return bars, next((r["cudnn_ms"] for r in long if isinstance(r.get("cudnn_ms"), float)), None)
+
+
 def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path]:
-    """Two PNGs from a targets suite's ``suite.json`` (``bench/suite.py``): the speed-up against
-    SDPA cuDNN by length (real inputs, middle band, and synthetic inputs, alpha 0.95, window 8%,
-    sample 5%; the 1M point at window 1% / sample 1% against cuDNN measured at 1M when the run
-    measured it), and plan / stage-3 times of the 128K cases. Returns the paths written."""
+    """Two PNGs from a suite's ``suite.json`` (``bench/suite.py``): `suite_series` against length,
+    and `stage_bars` with SDPA cuDNN's time at 128K. Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,27 +99,9 @@ def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [r for r in report["rows"] if "total_ms" in r]
     paths = []
-
-    def speedup(r):
-        return r.get("speedup_vs_cudnn_measured") or r.get("speedup_vs_cudnn")
-
-    def config(r):
-        return (r["window_ratio"], r["sample_ratio"])
-
-    series = {
-        "real (SmolLM2 heads, middle band), w8% s5%": [
-            r for r in cases if r["part"] in ("breakeven", "main128k", "mid512k") and r["inputs"] != "synthetic"
-            and "real-mid" in r["label"] and config(r) == (0.08, 0.05) and r.get("batch", 1) == 1],
-        "real, middle band, w1% s1% (256K-1M)": [r for r in cases if r["part"] in ("1m", "mid512k")
-                                                 and config(r) == (0.01, 0.01)],
-        "synthetic (structured_qkv), w8% s5%": [r for r in cases if r["part"] in ("breakeven", "synth128k", "synth1m")
-                                                and r["inputs"] == "synthetic"],
-    }
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (name, rows), marker, dy in zip(series.items(), "osD", (6, 6, -12)):
-        points = sorted((r["seqlen"], speedup(r)) for r in rows if isinstance(speedup(r), float))
+    for (name, points), marker, dy in zip(suite_series(report).items(), "osD", (6, 6, -12)):
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=name)
             for n, x in points:
@@ -91,25 +111,18 @@ def plot_suite(report: dict, out_dir: Path, prefix: str = "suite-") -> list[Path
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("speed-up vs SDPA cuDNN (alpha 0.95)")
     ax.set_title(f"{report.get('env', {}).get('device', '')}, Llama-3-8B geometry, bf16", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out_dir / f"{prefix}speedup.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    # The 128K cases of the targets (parts that repeat the main case, such as the grid or the
-    # FlexAttention comparison, are left out: one bar per configuration).
-    stage_parts = ("main128k", "synth128k", "alpha099", "alphas128k", "rescored")
-    long = [r for r in cases if r["seqlen"] == report.get("sizes", {}).get("long", 131072)
-            and r["geometry"] == report.get("sizes", {}).get("geometry", "llama3") and r["part"] in stage_parts]
+    bars, cudnn = stage_bars(report)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    labels = [r["label"].replace("128k ", "").replace(" (reference)", " ref").replace(" (choice)", "")
-              for r in long]
-    plan_ms = [r["plan_ms"] for r in long]
-    attn_ms = [r["attention_ms"] for r in long]
+    labels, plan_ms, attn_ms = [b[0] for b in bars], [b[1] for b in bars], [b[2] for b in bars]
     ax.bar(labels, plan_ms, label="plan (stages 1-2)")
     ax.bar(labels, attn_ms, bottom=plan_ms, label="sparse attention (stage 3)")
-    cudnn = next((r["cudnn_ms"] for r in long if isinstance(r.get("cudnn_ms"), float)), None)
     if cudnn:
         ax.axhline(cudnn, color="black", ls="--", lw=0.8, label=f"SDPA cuDNN {cudnn:.0f} ms")
     ax.set_ylabel("ms at 128K")

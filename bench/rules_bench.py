@@ -7,32 +7,26 @@ Inputs: Llama-3-8B geometry with real SmolLM2 heads of a middle and a late layer
 (`harness.smollm2_to_geometry`). For every method: the error against exact fp32 attention on
 the same seeded rows (`harness.error_rows_for`), the density, the sampled rows' retained mass,
 the plan's time (fast path, no reports), stage 3's, and the whole operator's, against cuDNN in
-the same process. Methods are (name, config) pairs (`METHODS`); `extra_methods` takes further
-(name, callable) pairs, e.g. peers, timed and checked the same way. One JSON line per method
-goes to ``OUT/rules.jsonl`` as soon as it is measured.
+the same process (`compare.measure`, the runner `peers_bench` uses too). Methods are (name,
+config) pairs (`METHODS`); `main`'s ``extra_methods`` takes further `compare.Method` or (name,
+callable) pairs, timed and checked the same way. One JSON line per method and band goes to
+``OUT/rules.jsonl`` as soon as it is measured (with ``config`` for the rules).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import json
-import time
+import os
 from pathlib import Path
-from typing import Callable
 
-import torch
-
-from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn import SampleAttentionConfig
 from sampleattn.env import collect_env
 from sampleattn.lengths import parse_length
-from sampleattn.reference import attention_rows_ref, relative_error
 from sampleattn.rules import BlockRule
 
-from . import harness as h
-from .progress import case_bar
-
-__all__ = ["METHODS", "main", "measure_config", "measure_callable"]
+__all__ = ["METHODS", "PEERS", "build_parser", "main"]
 
 
 def _config(alpha, window, sample, rule=None, **kw) -> SampleAttentionConfig:
@@ -73,73 +67,15 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
 ]
 
 #: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's
-#: vertical-slash and FlexPrefill, reimplemented), as (name, module function, preset).
-PEERS = [("MInference vertical-slash, as released", "vertical_slash_attention", "released"),
-         ("MInference vertical-slash, budgets x2", "vertical_slash_attention", "budget-x2"),
-         ("FlexPrefill, defaults", "flexprefill_attention", "default"),
-         ("FlexPrefill, gamma 0.99", "flexprefill_attention", "gamma0.99")]
+#: vertical-slash and FlexPrefill, reimplemented), as (name, peer, preset).
+PEERS = [("MInference vertical-slash, as released", "vertical_slash", "released"),
+         ("MInference vertical-slash, budgets x2", "vertical_slash", "budget-x2"),
+         ("FlexPrefill, defaults", "flexprefill", "default"),
+         ("FlexPrefill, gamma 0.99", "flexprefill", "gamma0.99")]
 
 
-def peer_methods() -> list[tuple[str, Callable]]:
-    """`PEERS` as ``(name, fn(q, k, v, timed) -> (out, info))``: timed calls skip the density."""
-    from . import peers
-
-    def method(function: str, preset: str) -> Callable:
-        fn = getattr(peers, function)
-        return lambda q, k, v, timed=False: fn(q, k, v, preset=preset, with_density=not timed)
-
-    return [(name, method(function, preset)) for name, function, preset in PEERS]
-
-
-def _time(fn, device, repeat):
-    return h.device_ms(fn, device, warmup=2, repeat=repeat)
-
-
-def measure_config(name: str, config: SampleAttentionConfig, q, k, v, rows, exact, cudnn_ms, *, repeat: int) -> dict:
-    """Check, then time, one config of the operator (see the module docstring)."""
-    device = q.device
-    started = time.perf_counter()
-    p = plan(q, k, config)
-    out = sparse_attention(q, k, v, p)
-    h._sync(device)
-    row = {"method": name, "config": json.loads(config.model_dump_json()), "first_call_s": time.perf_counter() - started,
-           "error": relative_error(out[:, rows], exact),
-           "error_vs_own_plan": relative_error(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p)),
-           "density": p.mean_density, "retained_mean": float(p.retained_mean.mean()),
-           "retained_min": float(p.retained_min.min()), "estimate_cost": p.estimate_cost,
-           "nan": bool(torch.isnan(out).any())}
-    if p.blocks is not None:
-        row["key_blocks_mean"] = float(p.blocks.blk_count.float().mean())
-    row["columns_mean"] = float(p.n_selected.float().mean())
-    del out
-    row["plan_ms"] = _time(lambda: plan(q, k, config, reports=False), device, repeat)
-    fast = plan(q, k, config, reports=False)
-    row["attention_ms"] = _time(lambda: sparse_attention(q, k, v, fast), device, repeat)
-    row["total_ms"] = _time(lambda: sample_attention(q, k, v, config), device, repeat)
-    row["plan_share"] = row["plan_ms"] / row["total_ms"]
-    row["speedup_vs_cudnn"] = cudnn_ms / row["total_ms"] if cudnn_ms else None
-    del p, fast
-    return row
-
-
-def measure_callable(name: str, fn: Callable, q, k, v, rows, exact, cudnn_ms, *, repeat: int) -> dict:
-    """Check, then time, a method given as ``fn(q, k, v, timed) -> out`` or ``-> (out, info)``
-    (``timed=True`` for the timed calls: no reports)."""
-    device = q.device
-    started = time.perf_counter()
-    result = fn(q, k, v)
-    out, info = result if isinstance(result, tuple) else (result, {})
-    h._sync(device)
-    row = {"method": name, "first_call_s": time.perf_counter() - started, "error": relative_error(out[:, rows], exact),
-           "nan": bool(torch.isnan(out).any()), **{k_: v_ for k_, v_ in info.items() if isinstance(v_, (int, float, str))}}
-    del out
-    row["total_ms"] = _time(lambda: fn(q, k, v, timed=True), device, repeat)
-    row["speedup_vs_cudnn"] = cudnn_ms / row["total_ms"] if cudnn_ms else None
-    return row
-
-
-def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.rules_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--length", default="128k")
     parser.add_argument("--bands", default="mid,late", help="SmolLM2 layer bands: mid (layer 14), late (24)")
     parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all but the 1M settings, whose names start with '1m ')")
@@ -149,59 +85,62 @@ def main(argv: list[str] | None = None, extra_methods: list[tuple[str, Callable]
     parser.add_argument("--peers", action="store_true", help="also time the peers (PEERS) on the same inputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the cases (stderr)")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    seqlen = 512 if args.dry_run else parse_length(args.length)
-    geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
+    return parser
+
+
+def main(argv: list[str] | None = None, extra_methods: list | None = None) -> list[dict]:
+    """Measure the chosen `METHODS` (then ``extra_methods``, `Method` or ``(name, callable)``
+    pairs, and the peers with ``--peers``) on each band; returns the rows written."""
+    args = build_parser().parse_args(argv)
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel module is imported
+    import torch
+
+    from . import harness as h
+    from .compare import as_method, compare, operator_method, peer_method
+    from .progress import case_bar
+
     bands = {"mid": 14, "late": 24}
     wanted = [b.strip() for b in args.bands.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in bands]
+    if unknown:
+        raise SystemExit(f"rules_bench: unknown bands {unknown}; choose from {', '.join(bands)}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    seqlen = 512 if args.dry_run else parse_length(args.length)
+    geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
     if args.methods:
-        methods = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
+        chosen = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
     else:
-        methods = [(n, c) for n, c in METHODS if not n.startswith("1m ")]
-    if args.dry_run:
-        methods = [(n, c.model_copy(update={"block_m": 64, "block_n": 32})) for n, c in methods[:4:2]]
+        chosen = [(n, c) for n, c in METHODS if not n.startswith("1m ")]
+    if args.dry_run:  # two rules at small tiles: a check of every code path, not a measurement
+        chosen = [(n, c.model_copy(update={"block_m": 64, "block_n": 32})) for n, c in chosen[:4:2]]
+    methods = [operator_method(n, c) for n, c in chosen] + [as_method(m) for m in (extra_methods or [])]
     if args.peers:
-        extra_methods = list(extra_methods or []) + peer_methods()
+        methods += [peer_method(peer, preset, name) for name, peer, preset in PEERS]
     layer_sets = {b: h.smollm2_layers_for(geometry, bands[b]) for b in wanted}
     captured = h.capture_smollm2(seqlen, sorted({x for s in layer_sets.values() for x in s}), device=device)
+    dtype = torch.float32 if args.dry_run else None  # the interpreter gets bf16 wrong
+    inputs = {b: functools.partial(h.smollm2_to_geometry, captured, layer_sets[b], geometry,
+                                   **({"dtype": dtype} if dtype else {})) for b in wanted}
     (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
                                                   "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
+    configs = {n: json.loads(c.model_dump_json()) for n, c in chosen}
     rows_out: list[dict] = []
-    items = [(n, c, measure_config) for n, c in methods] + [(n, f, measure_callable) for n, f in (extra_methods or [])]
-    bar = case_bar(len(wanted) * len(items), "rules_bench", enabled=not args.no_progress)
+    bar = case_bar(len(wanted) * len(methods), "rules_bench", enabled=not args.no_progress)
     with open(out_dir / "rules.jsonl", "a") as log:
-        for band in wanted:
-            q, k, v = h.smollm2_to_geometry(captured, layer_sets[band], geometry)
-            if args.dry_run:
-                q, k, v = (t.float() for t in (q, k, v))
-            rows = h.error_rows_for(seqlen, min(args.error_rows, seqlen)).to(device)
-            exact = attention_rows_ref(q, k, v, rows)
-            base = h.dense_baselines(q, k, v, repeat=args.repeat, flex=False, backends=("cudnn",))
-            cudnn = base.get("cudnn")
-            record = {"band": band, "seqlen": seqlen, "method": "cuDNN SDPA (dense)", "total_ms": cudnn,
-                      "speedup_vs_cudnn": 1.0, "density": 1.0}
-            for name, what, measure in items:
-                bar.set_postfix_str(f"{name} {band}")
-                try:
-                    row = measure(name, what, q, k, v, rows, exact, cudnn, repeat=args.repeat)
-                except Exception as error:  # one failing method must not lose the others' rows
-                    row = {"method": name, "failed": f"{type(error).__name__}: {str(error)[:300]}"}
-                row.update(band=band, seqlen=seqlen)
-                bar.update()
-                rows_out.append(row)
-                log.write(json.dumps(row, default=str) + "\n")
-                log.flush()
-                print(_line(row), flush=True)
-                gc.collect()
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-            rows_out.append(record)
-            log.write(json.dumps(record) + "\n")
-            print(_line(record), flush=True)
-            del q, k, v, exact
+        def emit(row: dict) -> None:
+            if row["method"] in configs:  # a rule: its configuration as `config`
+                row.pop("params", None)
+                row["config"] = configs[row["method"]]
+            rows_out.append(row)
+            log.write(json.dumps(row, default=str) + "\n")
+            log.flush()
+            print(_line(row), flush=True)
+
+        compare(methods, inputs, seqlen=seqlen, error_rows=args.error_rows, repeat=1 if args.dry_run else args.repeat,
+                warmup=0 if args.dry_run else 2, emit=emit, bar=bar)
     bar.close()
     return rows_out
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sampleattn.tables import print_table
 from sampleattn.timing import cuda_ms
 
 from sampleattn import SampleAttentionConfig, collect_env, plan
@@ -121,11 +122,9 @@ def main(argv=None) -> int:
         (Path(args.out) / "tile_sweep.json").write_text(json.dumps({"env": collect_env(), "results": results,
                                                                      "seconds": time.time() - started}, indent=1))
         torch.cuda.empty_cache()
-    print("seqlen | what | full TFLOP/s (vs cuDNN) | sparse ms | errors")
-    for r in results:
-        if "full_tflops" in r:
-            print(f"{r['seqlen']} | {r['what']} | {r['full_tflops']:.0f} ({r['full_vs_cudnn']:.2f}) | "
-                  f"{r['sparse_ms']:.1f} | {r['full_err']:.4f} {r['sparse_err']:.4f}")
+    print_table(None, ("seqlen", "what", "full TFLOP/s (vs cuDNN)", "sparse ms", "errors"),
+                [(r["seqlen"], r["what"], f"{r['full_tflops']:.0f} ({r['full_vs_cudnn']:.2f})", f"{r['sparse_ms']:.1f}",
+                  f"{r['full_err']:.4f} {r['sparse_err']:.4f}") for r in results if "full_tflops" in r])
     return 0
 
 

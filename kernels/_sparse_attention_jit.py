@@ -23,30 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._softmax_jit import online_softmax_step, start_query_block
 from ._specialization import LENGTH_ARGS
-
-
-@triton.jit
-def _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr):
-    """Fold one tile of raw scores ``s = q.k`` (BLOCK_M, BLOCK_N) and values ``v`` (BLOCK_N, D).
-
-    The log2-domain scale is applied in one fused multiply-add with the running max
-    (``s * scale - m``; the scale is positive, so the scaled max is the max of the scaled
-    scores), and the P.V product accumulates into the rescaled accumulator inside the matrix
-    instruction instead of being added afterwards.
-
-    Masked entries of ``s`` are -inf. A row whose running max is still -inf (nothing visible
-    yet) uses 0 as its reference, so ``exp2(-inf - -inf)`` (NaN) never happens. With
-    ``LSE_ONLY`` only the running max and sum are kept (``v`` and ``acc`` are not touched).
-    """
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    rescale = tl.exp2(m_i - m_ref)
-    p = tl.exp2(s * qk_scale - m_ref[:, None])
-    l_i = l_i * rescale + tl.sum(p, 1)
-    if not LSE_ONLY:
-        acc = tl.dot(p.to(v.dtype), v, acc * rescale[:, None], input_precision=DOT_PRECISION)
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -75,7 +53,7 @@ def _band_tiles(
             keep = (offs_n[None, :] <= pos[:, None]) & (offs_n[None, :] > pos[:, None] - w)
             keep = keep & n_mask[None, :]
             s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     return acc, m_i, l_i
 
 
@@ -113,7 +91,7 @@ def _block_tiles(
             elif SKIP_COLUMNS:
                 taken = tl.load(member_base + offs_n) != 0
                 s = tl.where(taken[None, :], float("-inf"), s)
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     return acc, m_i, l_i
 
 
@@ -173,15 +151,9 @@ def sparse_attention_fwd_kernel(
     pos = offset + offs_m
     w = tl.load(WINDOW + h)
 
-    q_base = Q + b * stride_qb + h64 * stride_qh
-    q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    k_base = K + b * stride_kb + kv_h * stride_kh
-    v_base = V + b * stride_vb + kv_h * stride_vh
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    q, k_base, v_base, m_i, l_i, acc = start_query_block(
+        Q, K, V, b, h64, kv_h, stride_qb, stride_qm, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+        offs_m, m_mask, offs_d, d_mask, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
 
     # (a) gathered stripe columns left of the window band. The first COL_ALL entries lie left of
     # the window of the block's first row, so every row keeps them: whole tiles of those need
@@ -209,7 +181,7 @@ def sparse_attention_fwd_kernel(
             else:
                 v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=d_mask[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     for c0 in range(n_unmasked, n_cols, BLOCK_N):
         offs_c = c0 + tl.arange(0, BLOCK_N)
         c_mask = offs_c < n_cols
@@ -229,7 +201,7 @@ def sparse_attention_fwd_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         keep = c_mask[None, :] & (cols[None, :] <= pos[:, None] - w)
         s = tl.where(keep, s, float("-inf"))
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
 
     if HAS_BLOCKS:
         # (a') the chosen key blocks: those wholly left of the first row's window first (no row

@@ -1,4 +1,6 @@
-"""Device timing shared by the benchmark and the tuner: CUDA events, warm-up, median."""
+"""Device timing shared by the benchmarks and the tuner: warm-up, then the median of repeats,
+with CUDA events on a GPU (`cuda_ms`) and the wall clock on the CPU (`wall_ms`); `device_ms`
+picks the clock for a device."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["cuda_ms", "wall_ms"]
+__all__ = ["cuda_ms", "device_ms", "wall_ms"]
 
 
 def cuda_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> float:
@@ -45,3 +47,11 @@ def wall_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> fl
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def device_ms(fn: Callable[[], object], device: torch.device | str, *, warmup: int = 2, repeat: int = 7) -> float:
+    """Median milliseconds of ``fn()`` running on ``device``: `cuda_ms` on a CUDA device,
+    `wall_ms` elsewhere (the benchmarks' dry runs on the CPU)."""
+    if torch.device(device).type == "cuda":
+        return cuda_ms(fn, warmup=warmup, repeat=repeat)
+    return wall_ms(fn, warmup=warmup, repeat=repeat)

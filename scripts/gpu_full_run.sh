@@ -2,9 +2,9 @@
 # The whole benchmark run on the lent H200, in four device calls that each fit in the
 # device tool's 10-minute limit (docs/benchmarks.md; docs/results/2026-12-02-notes.md; scripts/gpu_session.md
 # stages the wheels first). Runs on the GPU machine, results under $OUT:
-#   bash scripts/gpu_full_run.sh targets   # gpu_check + the targets' suite parts (real inputs)  ~380 s
+#   bash scripts/gpu_full_run.sh targets   # the operator's GPU tests + the targets' suite parts (real inputs)  ~380 s
 #   bash scripts/gpu_full_run.sh added     # FlexAttention, batch 4, ChatGLM2, grids, 256K-512K   ~300 s
-#   bash scripts/gpu_full_run.sh kernels   # full density, compile_check x2, recompile_check, cuDNN 1M ~200 s
+#   bash scripts/gpu_full_run.sh kernels   # full density, the compile and recompilation GPU tests, cuDNN 1M ~200 s
 #   bash scripts/gpu_full_run.sh other     # synthetic/native 128K, rescored, the plan by parts   ~130 s
 set -uo pipefail
 call="$1"
@@ -14,8 +14,8 @@ show() {  # name, log: exit status and the log's last lines
 }
 case "$call" in
 targets)
-    run python3 -m sampleattn.bench.gpu_check --out "$OUT/check" --lengths 32768 --timing-lengths "" > "$OUT/check.log" 2>&1
-    show gpu_check $? 3 "$OUT/check.log"
+    run python3 -m pytest -m gpu tests/gpu/test_gpu_operator.py --gpu-out "$OUT/check" --gpu-lengths 32768 --gpu-timing-lengths "" > "$OUT/check.log" 2>&1
+    show gpu_operator_tests $? 3 "$OUT/check.log"
     run python3 -m sampleattn.bench.suite --out "$OUT/suite" --budget-s 390 --parts main128k,alpha099,1m,breakeven > "$OUT/suite.log" 2>&1
     show suite $? 45 "$OUT/suite.log" ;;
 added)
@@ -24,12 +24,8 @@ added)
 kernels)
     run python3 -m sampleattn.bench --geometries llama3 --lengths 32k,128k --alphas 0.95 --full-density --no-flex --out "$OUT/bench" > "$OUT/bench.log" 2>&1
     show sattn-bench $? 12 "$OUT/bench.log"
-    run python3 -m sampleattn.bench.recompile_check --out "$OUT/recompile" --long > "$OUT/recompile.log" 2>&1
-    show recompile_check $? 20 "$OUT/recompile.log"
-    run python3 -m sampleattn.bench.compile_check --out "$OUT/compile" > "$OUT/compile.log" 2>&1
-    show compile_check $? 8 "$OUT/compile.log"
-    run python3 -m sampleattn.bench.compile_check --out "$OUT/compile_kv" --granularity kv_head > "$OUT/compile_kv.log" 2>&1
-    show compile_check_kv_head $? 8 "$OUT/compile_kv.log"
+    run python3 -m pytest -m gpu tests/gpu/test_gpu_recompile.py tests/gpu/test_gpu_compile.py --gpu-out "$OUT/compile" --gpu-long > "$OUT/compile.log" 2>&1
+    show gpu_compile_tests $? 8 "$OUT/compile.log"
     run python3 -c "import torch,json; from sampleattn.bench import harness as h; n=1<<20; q=torch.randn(1,n,32,128,device='cuda',dtype=torch.bfloat16); k=torch.randn(1,n,8,128,device='cuda',dtype=torch.bfloat16); v=torch.randn_like(k); t=h.dense_baselines(q,k,v,repeat=1,warmup=0,flex=False,backends=('cudnn',)); print('cudnn 1m', t); json.dump(t, open('$OUT/cudnn1m.json','w'))" > "$OUT/cudnn1m.log" 2>&1
     show cudnn1m $? 3 "$OUT/cudnn1m.log" ;;
 other)

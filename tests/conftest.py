@@ -18,6 +18,15 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sampleattn GPU tests (tests/gpu, -m gpu)")
+    group.addoption("--gpu-out", default=None, help="folder for the GPU tests' JSON results (gpu_check.json, ...)")
+    group.addoption("--gpu-lengths", default="8192,16384,32768", help="lengths of the whole-operator checks")
+    group.addoption("--gpu-timing-lengths", default="32768,131072", help="lengths of the first timings ('' for none)")
+    group.addoption("--gpu-long", action="store_true",
+                    help="the recompilation test also runs 256K, 512K and 1M tokens (8-20 GB each)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Time left per test file, and the throwaway PostgreSQL's stop (tests/session_progress.py).
     from session_progress import SessionProgress

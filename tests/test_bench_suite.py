@@ -1,76 +1,202 @@
-"""The GPU benchmark suite's dry run on the CPU (kernels under TRITON_INTERPRET=1), and the layout
-of real SmolLM2 heads in the Llama-3-8B geometry that the suite's realistic inputs use."""
+"""The GPU benchmark suite: its case table, its targets, and its dry run on the CPU (kernels under
+TRITON_INTERPRET=1), plus the layout of real SmolLM2 heads in the Llama-3-8B geometry that the
+suite's realistic inputs use."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
+import pytest
 import torch
 
+from sampleattn import SampleAttentionConfig
 from sampleattn.bench import harness, suite
+from sampleattn.bench.suite_cases import (GPU_SIZES, PART_ORDER, Case, Dense, Target, dry_sizes, length_word,
+                                          suite_parts)
+from sampleattn.bench.suite_targets import SUMMARIES, case_targets, suite_targets
+
+STAND_IN_PARTS = ("synth128k", "synth1m", "flex128k", "alphas128k", "grid128k", "chatglm2", "batch4", "mid512k")
 
 
-def test_suite_dry_run_writes_rows_and_targets(tmp_path, capsys):
-    code = suite.main(["--dry-run", "--no-real", "--parts", "synth128k", "--dry-length", "128",
-                       "--error-rows", "16", "--out", str(tmp_path), "--strict"])
-    assert code == 0
-    err = capsys.readouterr().err
-    assert "suite parts" in err and "1/1" in err  # the progress bar over the parts, on stderr
-    report = json.loads((tmp_path / "suite.json").read_text())
-    cases = [r for r in report["rows"] if r.get("part") == "synth128k"]
-    assert len(cases) == 1 and cases[0]["check_ok"] and math.isfinite(cases[0]["error"])
-    assert cases[0]["cudnn_ms"] > 0 and "substitute" in cases[0]  # CPU stand-in, said so
-    assert any(t["target"].startswith("128K synthetic") for t in report["targets"])
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+def test_the_table_has_every_part_in_order_with_explicit_cases():
+    parts = suite_parts(GPU_SIZES)
+    assert tuple(parts) == PART_ORDER
+    assert suite.build_parser().parse_args([]).parts == ",".join(PART_ORDER)
+    cases = [e for p in parts.values() for e in p.entries if isinstance(e, Case)]
+    assert all(c.part in parts and c.estimate_s > 0 for c in cases)
+    assert {p.summary for p in parts.values() if p.summary} <= set(SUMMARIES)
+    # the paper's 128K setting on real heads of both bands, each with its speed targets
+    main = [c for c in parts["main128k"].entries]
+    assert [(c.seqlen, c.inputs, c.band, c.alpha, c.window, c.sample) for c in main] == [
+        (131072, "real", "mid", 0.95, 0.08, 0.05), (131072, "real", "late", 0.95, 0.08, 0.05)]
+    assert {t.field for t in main[0].targets} == {"speedup_vs_cudnn", "speedup_vs_flash", "plan_share",
+                                                  "extra_memory_vs_inputs"}
+    assert [c.seqlen for c in parts["breakeven"].entries] == [n for n in GPU_SIZES.breakeven for _ in range(2)]
+    one_m = parts["1m"].entries
+    assert [type(e) for e in one_m] == [Dense, Dense, Case, Case, Case]
+    assert all(c.seqlen == 1 << 20 and c.reference == "extrapolated" for c in one_m[2:])
+    assert parts["dense1m"].entries[0].fills == "1m"
+    assert len(parts["grid128k"].entries) == 9 and parts["grid128k"].choose
+    assert {c.geometry for c in parts["chatglm2"].entries} == {"chatglm2"}
+    assert {(c.seqlen, c.batch) for c in parts["batch4"].entries} == {(32768, 4)}
+    assert [c.seqlen for c in parts["mid512k"].entries] == [262144, 262144, 524288, 524288]
+    # the alpha-0.99 choice is measured on the late band after the candidates, the late
+    # reference only where the choice is another point
+    follow = [c for c in parts["alpha099"].entries if c.chosen_from]
+    assert [(c.band, c.window, c.unless_chosen) for c in follow] == [("late", None, False), ("late", 0.08, True)]
+
+
+def test_every_case_of_the_table_is_a_valid_config_and_has_its_own_label():
+    for sizes in (GPU_SIZES, dry_sizes(64)):
+        labels = set()
+        for part in suite_parts(sizes).values():
+            for case in part.entries:
+                if not isinstance(case, Case):
+                    continue
+                window, sample = case.window or 0.08, case.sample or 0.05
+                SampleAttentionConfig(alpha=case.alpha, window_ratio=window, sample_ratio=sample, dense_below=0,
+                                      **dict(case.options))
+                word = "synthetic" if case.inputs == "synthetic" else f"real-{case.band}"
+                label = (case.part, case.label(word, window, sample))
+                assert label not in labels or sizes is not GPU_SIZES, label
+                labels.add(label)
+
+
+def test_a_dry_run_walks_the_gpu_cases_at_tiny_lengths():
+    gpu, dry = suite_parts(GPU_SIZES), suite_parts(dry_sizes(64))
+    for name in PART_ORDER:
+        g = [(type(e).__name__, getattr(e, "inputs", ""), getattr(e, "band", "")) for e in gpu[name].entries]
+        d = [(type(e).__name__, getattr(e, "inputs", ""), getattr(e, "band", "")) for e in dry[name].entries]
+        if name == "grid128k":  # every 4th point of the grid
+            assert d == g[::4]
+        elif name == "breakeven":  # two lengths instead of five
+            assert d == g[:4]
+        else:
+            assert d == g, name
+        assert all(e.seqlen <= 64 for e in dry[name].entries)
+    assert length_word(131072) == "128k" and length_word(1 << 20) == "1m" and length_word(96) == "96"
+
+
+def _row(**fields):
+    base = {"part": "main128k", "label": "128k real-mid a0.95 w8% s5%", "inputs": "smollm2-layer14", "seqlen": 131072,
+            "alpha": 0.95, "window_ratio": 0.08, "sample_ratio": 0.05, "error": 0.1, "density": 0.2, "plan_ms": 10.0,
+            "total_ms": 50.0, "first_call_s": 1.0, "geometry": "llama3", "batch": 1, "band": "mid"}
+    return {**base, **fields}
+
+
+def test_case_targets_read_the_row_of_their_case():
+    case = suite_parts(GPU_SIZES)["main128k"].entries[0]
+    lines = {t["target"]: t for t in case_targets(case, _row(speedup_vs_cudnn=3.0, speedup_vs_flash=3.5,
+                                                             plan_share=0.2, extra_memory_vs_inputs=None))}
+    assert lines["128K real-mid a0.95 >= 2.5x cuDNN"]["met"] is True
+    assert lines["128K real-mid a0.95 >= 2.5x cuDNN"]["value"] == "3x, error 0.1000"
+    assert lines["128K real-mid a0.95 >= 4x flash"]["met"] is False
+    assert lines["128K real-mid a0.95 plan <= 15% of operator"]["met"] is False
+    assert lines["128K real-mid a0.95 plan <= 15% of operator"]["value"] == "20%"
+    assert not any("memory" in name for name in lines)  # not measured (the CPU): no line
+    glm = Case("chatglm2", 131072, "real", 0.95, 0.08, 0.05, targets=(Target("{word} x", "speedup_vs_cudnn", 1.0),))
+    line, = case_targets(glm, _row(label="128k synthetic(for mid) a0.95 w8% s5%", speedup_vs_cudnn=None))
+    assert line["target"] == "synthetic(for mid) x" and line["met"] is None
+
+
+def test_part_summaries_read_several_rows():
+    rows = [_row(part="breakeven", label=f"{length_word(n)} real-mid a0.95 w8% s5%", seqlen=n, speedup_vs_cudnn=x,
+                 kernels_compiled=0 if n != 16384 else 3)
+            for n, x in ((4096, 0.7), (8192, 1.1), (16384, 0.9), (32768, 1.3), (65536, 2.0))]
+    one_m = [_row(part="1m", seqlen=1 << 20, window_ratio=0.01, sample_ratio=0.01, speedup_vs_cudnn=12.0,
+                  cudnn_extrapolated=True, speedup_vs_cudnn_measured=9.0, error=0.2)]
+    pairs = [(Case(r["part"], r["seqlen"], "real", 0.95, 0.08, 0.05), r) for r in rows + one_m]
+    lines = {t["target"].split(" (")[0]: t for t in suite_targets(pairs, {"breakeven": "breakeven", "1m": "1m"},
+                                                                   "llama3")}
+    assert lines["break-even vs cuDNN"]["value"] == "32768 tokens"  # from where it stays >= 1
+    assert lines["1M a0.95 >= 10x cuDNN"]["value"].startswith("9x") and lines["1M a0.95 >= 10x cuDNN"]["met"] is False
+    assert "measured cuDNN" in lines["1M a0.95 >= 10x cuDNN"]["note"]
+    recompile = lines["no recompilation per new length"]
+    assert recompile["met"] is False and "16384: 3 compiled" in recompile["value"]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """Every part that runs on synthetic inputs (``--no-real``) at 64 tokens, in one process."""
+    out = tmp_path_factory.mktemp("suite")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = suite.main(["--dry-run", "--no-real", "--dry-length", "64", "--error-rows", "8", "--out", str(out),
+                           "--strict"])
+    return code, json.loads((out / "suite.json").read_text()), out, err.getvalue()
+
+
+def test_dry_run_measures_every_stand_in_case(dry_run):
+    code, report, out, err = dry_run
+    assert code == 0 and not report["errors"] and not report["skipped"]
+    assert "suite parts" in err and f"{len(STAND_IN_PARTS)}/{len(STAND_IN_PARTS)}" in err  # the progress bar
+    cases = [r for r in report["rows"] if "total_ms" in r]
+    assert all(r["check_ok"] and math.isfinite(r["error"]) and r["cudnn_ms"] > 0 for r in cases)
+    assert all("substitute" in r for r in cases)  # the CPU stand-in for cuDNN, said so
+    count = {p: sum(r["part"] == p for r in cases) for p in STAND_IN_PARTS}
+    assert count == {"synth128k": 1, "synth1m": 1, "flex128k": 1, "alphas128k": 2, "grid128k": 3, "chatglm2": 1,
+                     "batch4": 1, "mid512k": 4}
+    glm = next(r for r in cases if r["part"] == "chatglm2")
+    assert glm["geometry"] == "chatglm2" and glm["label"] == "64 synthetic(for mid) chatglm2 geometry a0.95 w8% s5%"
+    b4 = next(r for r in cases if r["part"] == "batch4")
+    assert b4["batch"] == 4 and b4["seqlen"] == 32
+    assert sorted(r["seqlen"] for r in cases if r["part"] == "mid512k") == [32, 32, 64, 64]
+    flex = next(r for r in cases if r["part"] == "flex128k")
+    assert flex["flex_ms"] is None  # FlexAttention is timed on a GPU only
+    dense = [r for r in report["rows"] if r["part"] == "dense"]
+    # one dense timing per (length, geometry, batch), reused by every case there; flex128k times
+    # its length again with FlexAttention beside cuDNN and flash
+    assert len({(r["seqlen"], r["geometry"], r["batch"]) for r in dense}) == 4
+    assert [("flex" in r) for r in dense].count(True) == 1 and len(dense) == 5
+    assert any(r.get("flex_error") for r in dense)
+    lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(report["rows"])
 
 
-def test_suite_added_parts_dry_run(tmp_path):
-    """The parts added after the first GPU run, alone (``--parts``), on synthetic stand-ins at the
-    smallest sizes: every part writes its rows and its targets-table line, nothing is left held."""
-    added = ",".join(suite.ADDED_PARTS)
-    assert suite.PARTS[: len(suite.FIRST_PARTS)] == suite.FIRST_PARTS  # the first run's order, then these
-    assert suite.build_parser().parse_args([]).parts == ",".join(suite.FIRST_PARTS + suite.ADDED_PARTS)
-    code = suite.main(["--dry-run", "--no-real", "--parts", added, "--dry-length", "64", "--error-rows", "8",
-                       "--out", str(tmp_path), "--strict"])
-    assert code == 0
-    report = json.loads((tmp_path / "suite.json").read_text())
-    assert not report["errors"] and not report["skipped"]
-    cases = [r for r in report["rows"] if "total_ms" in r]
-    assert all(r["check_ok"] and math.isfinite(r["error"]) for r in cases)
-    count = {p: sum(r["part"] == p for r in cases) for p in suite.ADDED_PARTS}
-    assert count == {"flex128k": 1, "alphas128k": 2, "grid128k": 3, "chatglm2": 1, "batch4": 1, "mid512k": 4}
-    glm = next(r for r in cases if r["part"] == "chatglm2")
-    assert glm["geometry"] == "chatglm2" and glm["cudnn_ms"] > 0
-    b4 = next(r for r in cases if r["part"] == "batch4")
-    assert b4["batch"] == 4 and b4["seqlen"] == 32 and b4["cudnn_ms"] > 0
-    assert sorted(r["seqlen"] for r in cases if r["part"] == "mid512k") == [32, 32, 64, 64]
-    flex = next(r for r in cases if r["part"] == "flex128k")
-    assert "flex_ms" in flex and flex["flex_ms"] is None  # FlexAttention is timed on a GPU only
-    dense = [r for r in report["rows"] if r["part"] == "dense"]
-    assert any(r.get("flex_error") for r in dense)
-    assert any(r["geometry"] == "chatglm2" for r in dense) and any(r["batch"] == 4 for r in dense)  # their own
-    targets = " / ".join(t["target"] for t in report["targets"])
-    for name in ("vs FlexAttention", "speed-up by alpha", "window x sample grid", "ChatGLM2 geometry", "batch 4",
-                 "speed-up vs cuDNN by length"):
-        assert name in targets, name
+def test_dry_run_chooses_and_writes_its_targets(dry_run):
+    _, report, _, _ = dry_run
+    grid = [r for r in report["rows"] if r["part"] == "grid128k"]
+    chosen = [r for r in grid if r.get("choice")]
+    assert len(chosen) == 1
+    assert chosen[0]["error"] <= grid[0]["error"] and chosen[0]["total_ms"] == min(
+        r["total_ms"] for r in grid if r["error"] <= grid[0]["error"])
+    assert any(n.startswith("grid128k: fastest") for n in report["notes"])
+    targets = {t["target"]: t for t in report["targets"]}
+    names = " / ".join(targets)
+    for name in ("128K synthetic a0.95", "vs FlexAttention", "speed-up by alpha", "window x sample grid",
+                 "ChatGLM2 geometry synthetic(for mid) a0.95 >= 2.5x cuDNN", "batch 4", "speed-up vs cuDNN by length",
+                 "first-call (compile) time"):
+        assert name in names, name
+    glm = targets["128K ChatGLM2 geometry synthetic(for mid) a0.95 >= 2.5x cuDNN"]
+    assert glm["met"] is False  # the interpreter is slower than SDPA: the verdict is computed, not assumed
 
 
-def test_suite_added_parts_free_their_inputs(tmp_path):
-    """Between the added parts no input longer than 128K (here: the dry length) survives, and the
-    parts that capture inputs of their own free them."""
+def test_inputs_are_freed_between_lengths(tmp_path):
+    """The suite's 128K inputs stay while the cases are no longer; anything else goes when a case
+    of another length, geometry or batch comes, and inputs longer than 128K one kind at a time."""
     args = suite.build_parser().parse_args(["--dry-run", "--no-real", "--dry-length", "64", "--out", str(tmp_path)])
-    s = suite.Suite(args)
-    s.synthetic(64)
-    s.inputs[("mid", 1 << 20, "smollm2", 1)] = (torch.zeros(1),) * 3  # a 1M-class leftover of `1m`
-    s.drop_above(s.sizes.long)
-    assert list(s.inputs) == [("synthetic", 64, "smollm2", 1)]
-    s.synthetic(32, harness.GEOMETRIES["chatglm2"])
-    s.synthetic(32, batch=4)
-    s.drop_where(geometry="chatglm2")
-    s.drop_where(batch=4)
-    assert list(s.inputs) == [("synthetic", 64, "smollm2", 1)]
+    run = suite.SuiteRun(args)
+    glm = harness.GEOMETRIES["chatglm2"]
+    run.synthetic(64, run.geometry, 1)
+    run.synthetic(64, glm, 1)
+    run.inputs[("mid", 32, "smollm2", 1)] = (torch.zeros(1),) * 3
+    run.make_room("synthetic", 32, "smollm2", 4)
+    assert list(run.inputs) == [("synthetic", 64, "smollm2", 1)]
+    run.sizes = dry_sizes(32)  # now 64 tokens is longer than the suite's long length
+    run.inputs[("mid", 64, "smollm2", 1)] = (torch.zeros(1),) * 3
+    run.make_room("synthetic", 64, "smollm2", 1)
+    assert list(run.inputs) == [("synthetic", 64, "smollm2", 1)]
+
+
+def test_unknown_parts_and_missing_gpu_are_refused(capsys):
+    assert suite.main(["--parts", "main128k,nope", "--out", "/tmp/unused"]) == 2
+    assert "unknown parts ['nope']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert suite.main(["--parts", "main128k", "--out", "/tmp/unused"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_smollm2_heads_in_llama_geometry_keep_their_logits():
@@ -108,7 +234,7 @@ def test_error_rows_are_the_same_for_every_case_of_a_length():
 
 def test_kernels_compiled_counts_the_first_call_of_a_process():
     """Before the first operator call the kernel modules are not imported and the count is
-    None; the GPU run of 2026-12-02 crashed on None there (main128k, flex128k, sattn-bench)."""
+    None, which counts as no variant compiled yet."""
     assert harness.compiled_between(None, 4) == 4
     assert harness.compiled_between(3, 3) == 0
     assert harness.compiled_between(3, 7) == 4

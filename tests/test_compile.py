@@ -2,7 +2,7 @@
 (`sampleattn.selection.static_kmax`: what CUDA-graph capture uses) against the dynamic one.
 
 CPU: the kernels run under TRITON_INTERPRET=1 (tests/conftest.py). The CUDA-graph capture
-itself runs on a GPU only: ``python -m sampleattn.bench.compile_check``.
+itself runs on a GPU only: ``pytest -m gpu tests/gpu/test_gpu_compile.py``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from sampleattn.lengths import format_length
+from sampleattn.tables import format_table
 
 __all__ = ["format_summary", "plot_pareto"]
 
@@ -29,10 +30,7 @@ def format_summary(report: Any) -> str:
     keys = ["length", "trials", "failed", "feasible", "pareto", "chosen", "mode", "alpha", "window", "sample",
             "gqa", "layers", "error", "density", "latency_ms", "dense_ms", "speedup"]
     table = [[_fmt(row.get(k)) for k in keys] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    lines = format_table(headers, table).splitlines()
     notes = [
         f"budget: {error} <= {report.max_error:g}; chosen = fastest feasible trial ('*': per-layer stage, "
         "'layers' = layers with their own alpha/window); mode dense: alpha, window, sample do nothing ('-')",

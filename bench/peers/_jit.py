@@ -3,7 +3,8 @@
 `kernels.py` validates, allocates and launches them; `reference.py` holds the PyTorch oracles.
 Both kernels run FlashAttention's online softmax over a per-query-block list of key tiles, in the
 log2 domain (scores times ``scale * log2(e)``, ``exp2``), fp32 accumulation, output in the input
-dtype, bottom-right causal (query row ``i`` sits at position ``p_i = seqlen_k - seqlen_q + i``):
+dtype, bottom-right causal (query row ``i`` sits at position ``p_i = seqlen_k - seqlen_q + i``); the
+softmax step and the query block's start are stage 3's (`sampleattn.kernels._softmax_jit`):
 
 * `block_sparse_attention_kernel` (FlexPrefill): per query block a sorted list of key blocks.
 * `vertical_slash_attention_kernel` (MInference): per query block the key ranges that its
@@ -20,20 +21,27 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from sampleattn.kernels._softmax_jit import online_softmax_step, start_query_block
+
 
 @triton.jit
-def _softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Fold one tile of raw scores ``s = q.k`` (BLOCK_M, BLOCK_N; masked entries -inf) and its
-    values ``v`` (BLOCK_N, D) into the running max ``m_i``, sum ``l_i`` and accumulator ``acc``.
-    A row with nothing visible yet keeps 0 as its reference so that ``exp2(-inf - -inf)`` never
-    happens."""
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    rescale = tl.exp2(m_i - m_ref)
-    p = tl.exp2(s * qk_scale - m_ref[:, None])
-    l_i = l_i * rescale + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * rescale[:, None], input_precision=DOT_PRECISION)
-    return acc, m_new, l_i
+def _program_start(Q, K, V, stride_qb, stride_qm, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+                   nheads_q, seqlen_q, seqlen_k, q_per_kv, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
+    """Where a program starts: its BLOCK_M query rows (program id 0) of one (batch, query head)
+    (program id 1), their positions ``pos`` and masks, the query tile, the K/V bases of the head's
+    KV head, and the empty softmax state."""
+    pid_bh = tl.program_id(1)
+    b, h = (pid_bh // nheads_q).to(tl.int64), pid_bh % nheads_q
+    h64, kv_h = h.to(tl.int64), (h // q_per_kv).to(tl.int64)
+    row0 = tl.program_id(0) * BLOCK_M
+    offs_m, offs_d = row0 + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+    m_mask, d_mask = offs_m < seqlen_q, offs_d < HEAD_DIM
+    q, k_base, v_base, m_i, l_i, acc = start_query_block(
+        Q, K, V, b, h64, kv_h, stride_qb, stride_qm, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+        offs_m, m_mask, offs_d, d_mask, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
+    pos = seqlen_k - seqlen_q + offs_m
+    return b, h64, row0, offs_m, m_mask, offs_d, d_mask, pos, q, k_base, v_base, m_i, l_i, acc
 
 
 @triton.jit
@@ -52,7 +60,7 @@ def _key_tile(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, n0, lo, hi
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if MASKED:
         s = tl.where(n_ok[None, :] & (offs_n[None, :] <= pos[:, None]), s, float("-inf"))
-    return _softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION)
+    return online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY=False)
 
 
 @triton.jit
@@ -92,26 +100,9 @@ def block_sparse_attention_kernel(
     tl.static_assert(Q_BLOCK % BLOCK_M == 0)
     tl.static_assert(KEY_BLOCK % BLOCK_N == 0)
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // nheads_q).to(tl.int64)
-    h = pid_bh % nheads_q
-    h64 = h.to(tl.int64)
-    kv_h = (h // q_per_kv).to(tl.int64)
-
-    row0 = pid_m * BLOCK_M
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    m_mask = offs_m < seqlen_q
-    pos = seqlen_k - seqlen_q + offs_m
-
-    q = tl.load(Q + b * stride_qb + h64 * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    k_base = K + b * stride_kb + kv_h * stride_kh
-    v_base = V + b * stride_vb + kv_h * stride_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    b, h64, row0, offs_m, m_mask, offs_d, d_mask, pos, q, k_base, v_base, m_i, l_i, acc = _program_start(
+        Q, K, V, stride_qb, stride_qm, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, nheads_q, seqlen_q,
+        seqlen_k, q_per_kv, HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M)
 
     qb = row0 // Q_BLOCK
     idx_base = KV_IDX + b * stride_ib + h64 * stride_ih + qb * stride_iq
@@ -172,27 +163,10 @@ def vertical_slash_attention_kernel(
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // nheads_q).to(tl.int64)
-    h = pid_bh % nheads_q
-    h64 = h.to(tl.int64)
-    kv_h = (h // q_per_kv).to(tl.int64)
-
-    row0 = pid_m * BLOCK_M
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    m_mask = offs_m < seqlen_q
-    pos = seqlen_k - seqlen_q + offs_m
+    b, h64, row0, offs_m, m_mask, offs_d, d_mask, pos, q, k_base, v_base, m_i, l_i, acc = _program_start(
+        Q, K, V, stride_qb, stride_qm, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, nheads_q, seqlen_q,
+        seqlen_k, q_per_kv, HEAD_DIM=HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M)
     first_pos = seqlen_k - seqlen_q + row0
-
-    q = tl.load(Q + b * stride_qb + h64 * stride_qh + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    k_base = K + b * stride_kb + kv_h * stride_kh
-    v_base = V + b * stride_vb + kv_h * stride_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # (a) the diagonals' key ranges, one tile at a time. Every tile is masked (its range ends, key
     # 0, the causal edge): a branch inside the loop would keep Triton from pipelining its loads.
@@ -222,6 +196,6 @@ def vertical_slash_attention_kernel(
         v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         s = tl.where(keep[None, :] & (cols[None, :] <= pos[:, None]), s, float("-inf"))
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION)
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY=False)
 
     _store_output(O, stride_ob, stride_om, stride_oh, b, h64, offs_m, m_mask, offs_d, d_mask, acc, l_i)

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import torch
 
+from ._params import resolve_params
 from ._scores import diagonal_sums, last_rows_softmax
+from ._stages import plan_then_attend
 from .kernels import block_sparse_fwd
 
 __all__ = ["DEFAULTS", "PRESETS", "BlockSparsePlan", "flexprefill_attention", "flexprefill_params",
@@ -58,12 +59,7 @@ PRESETS = {
 
 def flexprefill_params(preset: str | None = None, **overrides) -> dict:
     """DEFAULTS, then the preset's values, then ``overrides``; unknown names are refused."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown FlexPrefill preset {preset!r}; choose from {sorted(PRESETS)}")
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown FlexPrefill parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    params = {**DEFAULTS, **PRESETS.get(preset or "default", {}), **overrides}
+    params = resolve_params("FlexPrefill", DEFAULTS, PRESETS, preset, "default", overrides)
     if params["block_size"] not in (16, 32, 64, 128):
         raise ValueError(f"block_size={params['block_size']}: FlexPrefill takes 16, 32, 64 or 128")
     if not 0.0 < params["gamma"] <= 1.0:
@@ -236,12 +232,6 @@ def flexprefill_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: 
                             key_block=plan.block_size, scale=scale)
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def flexprefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, preset: str | None = None,
                           scale: float | None = None, time_stages: bool = False, with_density: bool = True,
                           **params) -> tuple[torch.Tensor, dict]:
@@ -257,14 +247,9 @@ def flexprefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         whether the dense path ran, the parameters.
     """
     params = flexprefill_params(preset, **params)
-    started = _now(q.device) if time_stages else 0.0
-    plan = flexprefill_plan(q, k, scale=scale, **params)
-    planned = _now(q.device) if time_stages else 0.0
-    out = flexprefill_sparse(q, k, v, plan, scale=scale)
-    info: dict = {"peer": "flexprefill", "preset": preset or "default", **params, "dense": plan.dense}
-    if time_stages:
-        done = _now(q.device)
-        info.update(estimate_ms=(planned - started) * 1e3, attention_ms=(done - planned) * 1e3)
+    plan, out, times = plan_then_attend(q.device, lambda: flexprefill_plan(q, k, scale=scale, **params),
+                                        lambda p: flexprefill_sparse(q, k, v, p, scale=scale), time_stages=time_stages)
+    info: dict = {"peer": "flexprefill", "preset": preset or "default", **params, "dense": plan.dense, **times}
     if with_density:
         info.update(density=plan.density(), query_aware_share=float(plan.query_aware.float().mean()))
     return out, info

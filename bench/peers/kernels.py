@@ -30,6 +30,21 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _row_head_strides(*tensors: torch.Tensor) -> tuple[int, ...]:
+    """(batch, row, head) strides of each (B, S, H, D) tensor, in order, as the kernels take them."""
+    return tuple(x for t in tensors for x in (batch_stride(t), t.stride(1), t.stride(2)))
+
+
+def _launch_settings(head_dim: int, block_m: int, scale: float | None, num_warps: int | None,
+                     num_stages: int | None) -> tuple[int, int, int, float]:
+    """(BLOCK_D, num_warps, num_stages, log2-domain scale) of a launch: the head dim padded to a
+    power of two (at least 16), 8 warps for 128-row tiles (else 4), 2 stages, 1/sqrt(d) unless
+    given."""
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    return (max(16, triton.next_power_of_2(head_dim)), num_warps or (8 if block_m >= 128 else 4), num_stages or 2,
+            scale * math.log2(math.e))
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"q (B, Sq, Hq, D) and k, v (B, Sk, Hkv, D) expected; got {tuple(q.shape)}, "
@@ -83,14 +98,11 @@ def block_sparse_fwd(
     if kv_idx.shape[:3] != (batch, nheads_q, n_qblocks) or kv_count.shape != (batch, nheads_q, n_qblocks):
         raise ValueError(f"kv_idx {tuple(kv_idx.shape)} / kv_count {tuple(kv_count.shape)} must be "
                          f"({batch}, {nheads_q}, {n_qblocks}, max_blocks) / ({batch}, {nheads_q}, {n_qblocks})")
-    block_d = max(16, triton.next_power_of_2(head_dim))
     block_m = block_m or min(128, q_block)
     block_n = block_n or min(64, key_block)
     if q_block % block_m or key_block % block_n:
         raise ValueError(f"tiles {block_m}x{block_n} must divide the blocks {q_block}x{key_block}")
-    num_warps = num_warps or (8 if block_m >= 128 else 4)
-    num_stages = num_stages or 2
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    block_d, num_warps, num_stages, qk_scale = _launch_settings(head_dim, block_m, scale, num_warps, num_stages)
     kv_idx = kv_idx.to(torch.int32).contiguous()
     kv_count = kv_count.to(torch.int32).contiguous()
     kv_full = _blocks_before(kv_idx, kv_count, seqlen_q=seqlen_q, seqlen_k=seqlen_k, q_block=q_block,
@@ -99,14 +111,11 @@ def block_sparse_fwd(
     grid = (triton.cdiv(seqlen_q, block_m), batch * nheads_q)
     block_sparse_attention_kernel[grid](
         q, k, v, out, kv_idx, kv_count, kv_full,
-        batch_stride(q), q.stride(1), q.stride(2),
-        batch_stride(k), k.stride(1), k.stride(2),
-        batch_stride(v), v.stride(1), v.stride(2),
-        batch_stride(out), out.stride(1), out.stride(2),
+        *_row_head_strides(q, k, v, out),
         batch_stride(kv_idx), kv_idx.stride(1), kv_idx.stride(2),
         batch_stride(kv_count), kv_count.stride(1),
         batch_stride(kv_full), kv_full.stride(1),
-        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv,
+        nheads_q, seqlen_q, seqlen_k, qk_scale, nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, Q_BLOCK=q_block, KEY_BLOCK=key_block, BLOCK_M=block_m,
         BLOCK_N=block_n, DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
@@ -137,10 +146,7 @@ def vertical_slash_fwd(
     if cover.shape != (batch, nheads_q, seqlen_k + block_m) or cover.dtype != torch.int8:
         raise ValueError(f"cover must be int8 ({batch}, {nheads_q}, {seqlen_k + block_m}); got "
                          f"{cover.dtype} {tuple(cover.shape)}")
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    num_warps = num_warps or (8 if block_m >= 128 else 4)
-    num_stages = num_stages or 2
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    block_d, num_warps, num_stages, qk_scale = _launch_settings(head_dim, block_m, scale, num_warps, num_stages)
     tile_off, tile_len = tile_off.contiguous(), tile_len.contiguous()
     tile_count, cols, cover = tile_count.contiguous(), cols.contiguous(), cover.contiguous()
     tile_first, col_end = tile_first.contiguous(), col_end.contiguous()
@@ -148,16 +154,13 @@ def vertical_slash_fwd(
     grid = (n_mblocks, batch * nheads_q)
     vertical_slash_attention_kernel[grid](
         q, k, v, out, tile_off, tile_len, tile_count, tile_first, cover, cols, col_end,
-        batch_stride(q), q.stride(1), q.stride(2),
-        batch_stride(k), k.stride(1), k.stride(2),
-        batch_stride(v), v.stride(1), v.stride(2),
-        batch_stride(out), out.stride(1), out.stride(2),
+        *_row_head_strides(q, k, v, out),
         batch_stride(tile_off), tile_off.stride(1),
         batch_stride(tile_count), tile_count.stride(1),
         batch_stride(tile_first), tile_first.stride(1),
         batch_stride(cover), cover.stride(1),
         batch_stride(cols), cols.stride(1),
-        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv,
+        nheads_q, seqlen_q, seqlen_k, qk_scale, nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import torch
 
+from ._params import resolve_params
 from ._scores import diagonal_sums, last_rows_softmax
+from ._stages import plan_then_attend
 from .kernels import vertical_slash_fwd
 
 __all__ = ["DEFAULTS", "PRESETS", "VerticalSlashPlan", "vertical_slash_attention", "vertical_slash_estimate",
@@ -57,12 +58,7 @@ PRESETS = {
 
 def vertical_slash_params(preset: str | None = None, **overrides) -> dict:
     """DEFAULTS, then the preset's values, then ``overrides``; unknown names are refused."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown vertical-slash preset {preset!r}; choose from {sorted(PRESETS)}")
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown vertical-slash parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    params = {**DEFAULTS, **PRESETS.get(preset or "released", {}), **overrides}
+    params = resolve_params("vertical-slash", DEFAULTS, PRESETS, preset, "released", overrides)
     if params["local_diagonals"] < 1 or params["last_q"] < 1:
         raise ValueError("local_diagonals and last_q must be at least 1: the main diagonal is always kept")
     if params["block_n"] < 16 or params["block_m"] < 16:
@@ -249,12 +245,6 @@ def vertical_slash_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
                               block_m=plan.block_m, block_n=plan.block_n, scale=scale)
 
 
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, preset: str | None = None,
                              scale: float | None = None, time_stages: bool = False, with_density: bool = True,
                              **params) -> tuple[torch.Tensor, dict]:
@@ -274,15 +264,11 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         pairs), the parameters, the budgets actually used and the tiles per head.
     """
     params = vertical_slash_params(preset, **params)
-    started = _now(q.device) if time_stages else 0.0
-    plan = vertical_slash_plan(q, k, scale=scale, **params)
-    planned = _now(q.device) if time_stages else 0.0
-    out = vertical_slash_sparse(q, k, v, plan, scale=scale)
+    plan, out, times = plan_then_attend(q.device, lambda: vertical_slash_plan(q, k, scale=scale, **params),
+                                        lambda p: vertical_slash_sparse(q, k, v, p, scale=scale),
+                                        time_stages=time_stages)
     info: dict = {"peer": "vertical_slash", "preset": preset or "released", **params,
-                  "vertical_used": plan.cols.shape[-1], "slash_used": plan.offsets.shape[-1]}
-    if time_stages:
-        done = _now(q.device)
-        info.update(estimate_ms=(planned - started) * 1e3, attention_ms=(done - planned) * 1e3)
+                  "vertical_used": plan.cols.shape[-1], "slash_used": plan.offsets.shape[-1], **times}
     if with_density:
         info.update(density=plan.density(), tiles_per_head_mean=float(plan.tile_count.float().mean()))
     return out, info

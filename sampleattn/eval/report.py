@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sampleattn.tables import format_table
+
 __all__ = ["load_results", "markdown", "merge_results", "plot", "summarize", "write_outputs"]
 
 FAMILY_ORDER = ["full", "sample_attention", "sample_attention_rescored", "tuned", "pooled", "rescored_proto", "oracle",
@@ -88,28 +90,23 @@ def markdown(summary: dict[str, Any]) -> str:
     for length in lengths:
         rows = [r for r in summary["fidelity"] if r["length"] == length]
         lines += [f"#### Fidelity against full attention, {length:,} tokens ({rows[0]['inputs']} window(s) of the essays)", "",
-                  "| method | density | KL (nats/token) | top-1 agreement | perplexity | ppl change |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            lines.append(f"| {r['method']} | {r['density']:.3f} | {r['kl']:.4f} | {100 * r['top1']:.1f}% | "
-                         f"{r['ppl']:.3f} | {100 * r['ppl_delta']:+.1f}% |")
-        lines.append("")
+                  format_table(("method", "density", "KL (nats/token)", "top-1 agreement", "perplexity", "ppl change"),
+                               [(r["method"], f"{r['density']:.3f}", f"{r['kl']:.4f}", f"{100 * r['top1']:.1f}%",
+                                 f"{r['ppl']:.3f}", f"{100 * r['ppl_delta']:+.1f}%") for r in rows],
+                               markdown=True, align="lrrrrr"), ""]
     if summary["needle"]:
         all_lengths = sorted({int(k) for r in summary["needle"] for k in r["by_length"]})
-        head = " | ".join(f"{n:,}" for n in all_lengths)
         lines += ["#### Needle in a haystack (exact recovery of the key fact, % of prompts)", "",
-                  f"| method | prefill density | all | {head} |",
-                  "|---|---:|---:|" + "---:|" * len(all_lengths)]
-        for r in summary["needle"]:
-            cells = " | ".join(f"{r['by_length'].get(str(n), float('nan')):.0f}" for n in all_lengths)
-            lines.append(f"| {r['method']} | {r['density']:.3f} | {r['score']:.0f} ({r['prompts']}) | {cells} |")
-        lines.append("")
+                  format_table(("method", "prefill density", "all", *(f"{n:,}" for n in all_lengths)),
+                               [(r["method"], f"{r['density']:.3f}", f"{r['score']:.0f} ({r['prompts']})",
+                                 *(f"{r['by_length'].get(str(n), float('nan')):.0f}" for n in all_lengths))
+                                for r in summary["needle"]],
+                               markdown=True, align="lrr" + "r" * len(all_lengths)), ""]
     if summary.get("not_run"):
-        lines += ["#### Not run", "", "| task | method | lengths | inputs | reason |", "|---|---|---|---:|---|"]
-        for g in summary["not_run"]:
-            lengths = ", ".join(f"{n:,}" for n in g["lengths"])
-            lines.append(f"| {g['task']} | {g['method']} | {lengths} | {g['inputs']} | {g['reason']} |")
-        lines.append("")
+        lines += ["#### Not run", "",
+                  format_table(("task", "method", "lengths", "inputs", "reason"),
+                               [(g["task"], g["method"], ", ".join(f"{n:,}" for n in g["lengths"]), g["inputs"],
+                                 g["reason"]) for g in summary["not_run"]], markdown=True, align="lllrl"), ""]
     return "\n".join(lines)
 
 
