@@ -11,7 +11,8 @@
     sattn-store env                                  the environment metadata a run records
 
 Options (before or after the command): ``--store URL`` (a SQLAlchemy URL or a SQLite file path;
-default ``$SAMPLEATTN_STORE``, else ``$XDG_CACHE_HOME/sampleattn/profiles.sqlite``) and
+default ``$SAMPLEATTN_STORE``, else ``profiles.sqlite`` in the user cache folder,
+``$SAMPLEATTN_CACHE`` or ``$XDG_CACHE_HOME/sampleattn`` on Linux) and
 ``--format table|json``.
 
 Exit codes: 0 success; 1 not found or operational error (no such store, model, profile or
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         options = argparse.ArgumentParser(add_help=False)
         options.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
                              help="SQLAlchemy URL or SQLite file path (default: $SAMPLEATTN_STORE, "
-                                  "else $XDG_CACHE_HOME/sampleattn/profiles.sqlite)")
+                                  "else profiles.sqlite in $SAMPLEATTN_CACHE or the user cache folder)")
         options.add_argument("--format", choices=("table", "json"), default=argparse.SUPPRESS,
                              help="output format (default: table)")
         return options

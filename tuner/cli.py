@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only these layers (e.g. 0,4,8-10): quick runs and tests")
     p.add_argument("--rows", type=int, default=None, dest="rows_per_layer",
                    help="rows per layer and sample for the error (default 64 on the CPU, 256 on a GPU)")
-    p.add_argument("--cache-dir", default=None, help="calibration cache folder (default ~/.cache/sampleattn/calibration)")
+    p.add_argument("--cache-dir", default=None, help="calibration cache folder (default: calibration/ in the user cache folder, $SAMPLEATTN_CACHE or $XDG_CACHE_HOME/sampleattn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--selection", default="sampled", metavar="sampled[,rescored][,block]",
                    help="selection rules the search may choose (default: sampled, the paper's rule); each "
