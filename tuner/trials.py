@@ -58,6 +58,17 @@ class StudyContext:
     inject: dict[str, set[int]] | None = None
     progress: bool = True
     evaluated: int = 0
+    _storage: Any = None
+
+    def storage(self) -> Any:
+        """Optuna's RDB storage at the store's URL, made once for every study of the run."""
+        if self._storage is None:
+            import optuna
+
+            sqlite = self.storage_url.startswith("sqlite")
+            self._storage = optuna.storages.RDBStorage(
+                self.storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
+        return self._storage
 
     def say(self, text: str) -> None:
         if self.out is not None:
@@ -82,10 +93,7 @@ def open_study(ctx: StudyContext, name: str, seed: int, n_target: int) -> Any:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                              n_startup_trials=min(10, max(4, n_target // 3)))
-    sqlite = ctx.storage_url.startswith("sqlite")
-    storage = optuna.storages.RDBStorage(ctx.storage_url,
-                                         engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
-    return optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
+    return optuna.create_study(study_name=name, storage=ctx.storage(), directions=["minimize", "minimize"],
                                sampler=sampler, load_if_exists=True)
 
 
