@@ -77,10 +77,21 @@ def sparse_attention(
         )
     if plan.col_idx.device != q.device:
         raise ValueError(f"the plan is on {plan.col_idx.device} but q is on {q.device}")
-    if resolve_backend(q, backend) == "torch":
-        from .reference import sparse_attention_ref
+    return _stage3(q, k, v, plan, return_lse=return_lse, block_m=block_m, block_n=block_n,
+                   backend=resolve_backend(q, backend))
 
-        return sparse_attention_ref(q, k, v, plan, return_lse=return_lse)
+
+def _stage3(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SparsePlan, *, return_lse: bool,
+    block_m: int | None, block_n: int, backend: Literal["triton", "torch"],
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`sparse_attention` on inputs already checked against each other and the plan (by
+    `sparse_attention`, or by `sample_attention`, which made the plan for them)."""
+    if backend == "torch":
+        from .reference import attention_ref
+
+        # `sparse_attention_ref` without its input check: dense attention under the plan's mask
+        return attention_ref(q, k, v, scale=plan.scale, mask=plan.to_dense(), return_lse=return_lse)
     from sampleattn.kernels import sparse_attention_fwd
 
     check_kernel_head_dim(q.shape[-1])
@@ -112,7 +123,11 @@ def dense_attention(
     Returns (B, Sq, Hq, D).
     """
     check_qkv(q, k, v, causal=True)
-    scale = default_scale(q, scale)
+    return _dense(q, k, v, causal=causal, scale=default_scale(q, scale))
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float) -> torch.Tensor:
+    """`dense_attention` on checked inputs, with the scale resolved."""
     seqlen_q, nheads_q = q.shape[1], q.shape[2]
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -175,8 +190,9 @@ def sample_attention(
     # A config that keeps every key is dense attention (unless head overrides make heads sparse).
     dense = k.shape[1] < config.dense_below or (config.keeps_everything() and not heads)
     sparse_plan: SparsePlan | None = None
+    # The inputs are checked once, above: the dense path and stage 3 below do not check again.
     if dense and not return_lse:
-        out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
+        out, lse = _dense(q, k, v, causal=causal, scale=scale), None
     else:
         check_inference_only(q, k, v)  # before planning: a refused call costs nothing
         # Dense through the kernel (for the lse): a full window, and the paper's rule (no passes).
@@ -194,10 +210,10 @@ def sample_attention(
         if not dense and config.dense_above < 1.0 and not return_lse \
                 and sparse_plan.mean_density > config.dense_above:
             # the plan keeps so much that the dense kernel is faster (a host read of the density)
-            out, lse = dense_attention(q, k, v, causal=causal, scale=scale), None
+            out, lse = _dense(q, k, v, causal=causal, scale=scale), None
         else:
-            out, lse = sparse_attention(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
-                                        block_n=config.block_n, backend=chosen)
+            out, lse = _stage3(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
+                               block_n=config.block_n, backend=chosen)
         if dense:
             sparse_plan = None
     outputs: tuple = (out,)

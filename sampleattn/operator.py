@@ -65,6 +65,9 @@ class SampleAttention:
                 f"profile must be a ModelAttentionProfile or SampleAttentionConfig, got {type(profile).__name__}"
             )
         self.profile = profile
+        # Each overridden layer's config and head overrides, made (and validated) once, at its
+        # first call: a forward pass asks for them in every layer, every call.
+        self._layers: dict[int, tuple[SampleAttentionConfig, dict]] = {}
         self.backend: Backend = backend
         self.source = None  # the store's ProfileRecord when loaded with from_profile
         self.geometry = geometry
@@ -135,7 +138,14 @@ class SampleAttention:
 
     def config_for(self, layer: int) -> SampleAttentionConfig:
         """The config used for one layer."""
-        return self.profile.layer_config(self.check_layer(layer))
+        return self._layer(self.check_layer(layer))[0]
+
+    def _layer(self, layer: int) -> tuple[SampleAttentionConfig, dict]:
+        """(config, head overrides) of a checked layer index, cached per layer."""
+        found = self._layers.get(layer)
+        if found is None:
+            found = self._layers[layer] = (self.profile.layer_config(layer), self.profile.head_overrides(layer))
+        return found
 
     def check_layer(self, layer: int) -> int:
         """``layer`` as an int, or `ValueError` when it cannot name a layer of the model.
@@ -189,10 +199,10 @@ class SampleAttention:
             config_json, heads_json = self._op_args.get(layer, self._op_default)
             return sample_attention_op(q, k, v, config_json, scale=scale, heads=heads_json,
                                        backend=self.backend, static_kmax=self.static_kmax)
+        config, heads = self._layer(layer)
         return sample_attention(
-            q, k, v, self.config_for(layer), scale=scale, return_lse=return_lse,
-            return_plan=return_plan, heads=self.profile.head_overrides(layer), backend=self.backend,
-            static_kmax=self.static_kmax,
+            q, k, v, config, scale=scale, return_lse=return_lse, return_plan=return_plan, heads=heads,
+            backend=self.backend, static_kmax=self.static_kmax,
         )
 
     def __repr__(self) -> str:

@@ -48,13 +48,15 @@ def default_url() -> str:
     """The store's URL when none is given.
 
     ``SAMPLEATTN_STORE`` (a SQLAlchemy URL or a file path) when set, else the SQLite file
-    ``$XDG_CACHE_HOME/sampleattn/profiles.sqlite`` (``~/.cache/sampleattn/profiles.sqlite``).
+    ``profiles.sqlite`` in `sampleattn.paths.cache_root` (on Linux
+    ``$XDG_CACHE_HOME/sampleattn/profiles.sqlite``, ``~/.cache/sampleattn/profiles.sqlite``).
     """
+    from sampleattn.paths import cache_root
+
     env = os.environ.get("SAMPLEATTN_STORE")
     if env:
         return normalize_url(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return normalize_url(Path(cache) / "sampleattn" / "profiles.sqlite")
+    return normalize_url(cache_root() / "profiles.sqlite")
 
 
 def normalize_url(location: str | os.PathLike[str]) -> str:

@@ -131,6 +131,28 @@ def test_operator_applies_layer_and_head_overrides():
         sample_attention(q, k, v, SampleAttentionConfig(dense_below=0), heads={9: HeadOverride(alpha=0.5)})
 
 
+def test_a_call_checks_its_inputs_once_and_a_layer_config_is_made_once(monkeypatch):
+    """The operator checks q, k and v at its entry only (the dense path and stage 3 behind it
+    do not check again), and builds an overridden layer's config at its first call only."""
+    import sampleattn.attention as attention_module
+
+    calls = []
+    real = attention_module.check_qkv
+    monkeypatch.setattr(attention_module, "check_qkv", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = qkv(1, 128, 128, 4, 2, 64, torch.float32, seed=5)
+    profile = ModelAttentionProfile(config=SampleAttentionConfig(alpha=0.8, window_ratio=0.05, dense_below=0),
+                                    layers={1: LayerOverride(alpha=0.9, heads={2: HeadOverride(window_ratio=0.5)})})
+    attn = SampleAttention(profile, backend="torch")
+    out = attn(q, k, v, layer=1)
+    assert len(calls) == 1  # sparse path: the entry's check, none in stage 3
+    assert attn.config_for(1) is attn.config_for(1) and attn.config_for(1).alpha == 0.9
+    expected = sample_attention_ref(q, k, v, profile.layer_config(1), heads=profile.head_overrides(1))
+    assert torch.equal(out, expected)
+    calls.clear()
+    dense = SampleAttention(SampleAttentionConfig(dense_below=1 << 20), backend="torch")(q, k, v)
+    assert len(calls) == 1 and rel_err(dense, attention_ref(q, k, v)) < 1e-5  # dense path: one check too
+
+
 def test_import_stays_light():
     code = ("import sys, sampleattn, sampleattn.config, sampleattn.store, sampleattn.tuner; "
             "heavy = [m for m in ('ray', 'optuna', 'sqlalchemy', 'transformers', 'triton') if m in sys.modules]; "

@@ -13,10 +13,12 @@ neither torch nor transformers)::
 Modules: `catalog` (ModelSpec, CATALOG), `models` (load_model), `capture` (capture_qkv),
 `calibration` (text, windows, cache, synthetic calibration).
 
-Search side (docs/tuner.md): `search` (`tune(TuneOptions(...))`, the driver), `workers` (Ray
-actors), `evaluate` (a trial's evaluation), `objectives` (search space, budget, per-layer
-assignment), `report` (summary, plot), `cli` (``sattn-tune``); ray and optuna are imported only
-when a search runs.
+Search side (docs/tuner.md): `search` (`tune(TuneOptions(...))`, the driver), `options` (the
+run's options and names), `samples` (its calibration samples), `stages` (the search at one
+length), `trials` (a study's trials and their resume), `workers` (Ray actors), `evaluate` (a
+trial's evaluation), `outcome` (what a worker returns), `objectives` (what a trial's error
+means), `search_space` (parameters, budget, per-layer assignment), `report` (summary, plot),
+`cli` (``sattn-tune``); ray and optuna are imported only when a search runs.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def _layers(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .objectives import DEFAULT_MAX_ERROR, DEFAULT_MIN_RETAINED_MASS
+    from .objectives import OBJECTIVES
+    from .search_space import DEFAULT_MIN_RETAINED_MASS
 
     p = argparse.ArgumentParser(
         prog="sattn-tune",
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", required=True, type=_lengths, help="comma-separated lengths, e.g. 32k,96k")
     p.add_argument("--trials", type=int, default=20, help="evaluated trials per length (default 20)")
     p.add_argument("--max-error", type=float, default=None,
-                   help=f"accuracy budget in the objective's terms (default: layer {DEFAULT_MAX_ERROR['layer']} "
-                        f"mean relative L2 error; model {DEFAULT_MAX_ERROR['model']} nats of KL)")
+                   help="accuracy budget in the objective's terms (default: "
+                        + "; ".join(f"{o.name} {o.default_max_error:g} {o.label}" for o in OBJECTIVES.values()) + ")")
     p.add_argument("--min-retained-mass", type=float, default=DEFAULT_MIN_RETAINED_MASS,
                    help=f"floor on the mean retained attention mass (default {DEFAULT_MIN_RETAINED_MASS})")
     p.add_argument("--per-layer", action="store_true", help="second stage: per-layer alpha and window")
@@ -81,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dry runs, recorded as synthetic), or a .txt/.jsonl file")
     p.add_argument("--samples", type=int, default=2, help="calibration samples per length (default 2)")
     p.add_argument("--model-path", default=None, metavar="P", help="model folder or .gguf file")
-    p.add_argument("--objective", choices=["layer", "model"], default="layer",
-                   help="layer: per-layer attention error (cheap); model: KL of the logits vs full attention")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default="layer",
+                   help="; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values()))
     p.add_argument("--plot", default=None, metavar="PNG", help="write the Pareto fronts to this PNG")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler, windows and rows (default 0)")
     p.add_argument("--layers", type=_layers, default=None,
                    help="evaluate only these layers (e.g. 0,4,8-10): quick runs and tests")
     p.add_argument("--rows", type=int, default=None, dest="rows_per_layer",
                    help="rows per layer and sample for the error (default 64 on the CPU, 256 on a GPU)")
-    p.add_argument("--cache-dir", default=None, help="calibration cache folder (default ~/.cache/sampleattn/calibration)")
+    p.add_argument("--cache-dir", default=None, help="calibration cache folder (default: calibration/ in the user cache folder, $SAMPLEATTN_CACHE or $XDG_CACHE_HOME/sampleattn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--selection", default="sampled", metavar="sampled[,rescored][,block]",
                    help="selection rules the search may choose (default: sampled, the paper's rule); each "

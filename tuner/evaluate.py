@@ -30,7 +30,7 @@ between trials) and evaluates a `ModelAttentionProfile` on them:
 A layer whose key length is below its config's ``dense_below`` runs dense: error 0, retained
 mass 1, density 1, latency of dense attention.
 
-`ModelEvaluator` adds the model-level objective (``--objective model``): a prefill of each
+`ModelEvaluator` measures what the model objective (`objectives.ModelObjective`) adds: a prefill of each
 calibration sample with the trial's profile in every layer (through
 `sampleattn.integrations.transformers.patch_model`) and the KL divergence and top-1 agreement
 of its logits against the full-attention logits cached at capture time.
@@ -41,8 +41,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .outcome import LayerMetrics, TrialResult
 
 if TYPE_CHECKING:
     import torch
@@ -60,59 +61,6 @@ __all__ = [
 
 #: Rows per (sample, layer) on which the error is measured.
 DEFAULT_ROWS_PER_LAYER = 256
-
-
-@dataclass
-class LayerMetrics:
-    """Metrics of one layer under one trial's config (averaged over samples)."""
-
-    rel_error: float
-    retained_mean: float
-    retained_min: float
-    density: float
-    latency_ms: float
-    dense_latency_ms: float
-    dense: bool = False
-
-
-@dataclass
-class TrialResult:
-    """What a worker returns for one trial (plain Python values, cheap to ship through Ray).
-
-    ``layers`` maps layer index -> `LayerMetrics`; ``extra`` holds objective-specific metrics
-    (``kl_divergence``, ``top1_agreement``...). ``latency_ms`` and ``dense_latency_ms`` are sums
-    over the evaluated layers; ``latency_measured`` is True for CUDA-event timings.
-    """
-
-    rel_error: float
-    rel_error_max: float
-    retained_mass_mean: float
-    retained_mass_min: float
-    density: float
-    latency_ms: float
-    dense_latency_ms: float
-    latency_measured: bool
-    layers: dict[int, LayerMetrics] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)
-    worker: str | None = None
-    device: str | None = None
-    duration_s: float = 0.0
-
-    def store_metrics(self) -> dict[str, Any]:
-        """The metrics as the store's `TrialMetrics` fields (per-layer errors in ``extra``)."""
-        extra = {"rel_error_max": self.rel_error_max, **self.extra}
-        for index, layer in sorted(self.layers.items()):
-            extra[f"layer{index:03d}_rel_error"] = layer.rel_error
-        return {
-            "rel_error": self.rel_error,
-            "retained_mass_mean": self.retained_mass_mean,
-            "retained_mass_min": self.retained_mass_min,
-            "density": min(1.0, self.density),
-            "latency_ms": self.latency_ms,
-            "dense_latency_ms": self.dense_latency_ms,
-            "latency_measured": self.latency_measured,
-            "extra": extra,
-        }
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -231,7 +179,8 @@ class LayerEvaluator:
             config = profile.layer_config(layer)
             heads = profile.head_overrides(layer)
             if self.seqlen_k < config.dense_below:
-                layers[layer] = LayerMetrics(0.0, 1.0, 1.0, 1.0, self.dense_ms, self.dense_ms, dense=True)
+                layers[layer] = LayerMetrics(rel_error=0.0, retained_mean=1.0, retained_min=1.0, density=1.0,
+                                             latency_ms=self.dense_ms, dense_latency_ms=self.dense_ms, dense=True)
                 continue
             errors, r_mean, r_min, density, cost = [], [], [], [], []
             for per_layer in self.data:

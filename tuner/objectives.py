@@ -1,218 +1,136 @@
-"""The search problem: search space, objectives, accuracy budget, and how a profile is chosen.
+"""Tuning objectives: what a trial's error means, how a worker measures it, and its budget.
 
-Stage 1 (one Optuna study per model and length) searches one configuration for every layer:
+==========  =================================================================  =============
+objective   error of a trial                                                   default budget
+==========  =================================================================  =============
+layer       mean over layers of the relative L2 error of the attention output  0.07
+model       KL divergence of the final logits against full attention (nats     0.05
+            per token), from a prefill of each calibration sample
+==========  =================================================================  =============
 
-=================  ===========================================  =======================
-parameter          range                                        Optuna distribution
-=================  ===========================================  =======================
-alpha              [0.8, 0.995]                                 float
-window_ratio       [0.005, 0.15]                                float, log
-sample_ratio       [0.005, 0.1]                                 float, log
-gqa_granularity    ``query_head``, ``kv_head``                  categorical
-dense_below        ``0`` (sparse) or ``2 * length`` (dense)     categorical
-selection          the ``--selection`` choices (default          categorical
-                   ``sampled`` only: then not asked)
-(the rule's own)   what the chosen rule's ``suggest`` asks:     (asked of that rule's
-                   rescored: candidate_share [0.5, 0.99]        trials only)
-                   (``candidate_alpha = alpha + share * (1 -
-                   alpha)``), rescore_stride 1, 2, 4, 8; block:
-                   beta [0.8, 0.995], key_block 64 or 128,
-                   stripes yes or no
-=================  ===========================================  =======================
+An `Objective` owns its evaluator (`Objective.evaluator`: what a worker runs on a profile), the
+metric that is its error (`Objective.error_key`, read by `Objective.error`), its default budget,
+its labels for tables and plots, and the budget the per-layer stage gives each layer. The
+driver, the workers, the summary and the plot ask the objective; none of them compares names.
+A new objective is one subclass here and one entry in `OBJECTIVES`.
 
-``dense_below`` only decides whether the profile runs dense at its length: any value up to the
-length gives sparse attention and any value above it dense, so its two choices are ``0`` and
-twice the length (dense over the whole bucket the profile serves). The dense choice does not
-depend on the other parameters (error 0, the latency of dense attention), so it is evaluated
-once, as an enqueued baseline trial, and the sampled trials are the sparse ones
-(``dense_below = 0``): the same search as a categorical parameter, without spending half the
-trials on one point. The dense trial is the zero-error end of the Pareto front, and the
-profile chosen where sparse attention does not pay.
-
-Two objectives, both minimised: the error (``layer``: mean over layers of the relative L2 error
-of the attention output; ``model``: KL divergence of the final logits, nats per token) and the
-latency (ms of the attention of one prefill, summed over layers). The accuracy budget is a
-constraint (``Trial.set_constraint``, which Optuna 5's samplers read; a value <= 0 is feasible):
-
-    error - max_error <= 0    and    min_retained_mass - retained_mass_mean <= 0
-
-The chosen profile is the **fastest feasible** trial (ties: the lower error).
-
-Stage 2 (``--per-layer``) keeps sample_ratio, gqa_granularity and dense_below of the chosen
-config and searches (alpha, window_ratio), each trial applied to all layers; every trial gives
-each layer's error and latency, and `assign_per_layer` then picks per layer the candidate that
-minimises the total latency under the budget (a Lagrangian relaxation of the multiple-choice
-knapsack). The combination is evaluated as one more trial and kept only where it pays (at least
-2% faster than the global config and within the budget).
+This module imports nothing heavy (``sattn-tune --help`` reads it).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sampleattn.config import LayerOverride, ModelAttentionProfile, SampleAttentionConfig
-from sampleattn.rules import RULES
+if TYPE_CHECKING:  # pragma: no cover
+    from sampleattn.config import ModelAttentionProfile
+    from sampleattn.store.schemas import TrialMetrics
 
-__all__ = [
-    "DEFAULT_MAX_ERROR",
-    "DEFAULT_MIN_RETAINED_MASS",
-    "PAPER_DEFAULT",
-    "SELECTIONS",
-    "Budget",
-    "assign_per_layer",
-    "config_from_params",
-    "per_layer_profile",
-    "suggest_params",
-    "suggest_layer_params",
-]
+    from .evaluate import LayerEvaluator
+    from .outcome import TrialResult
 
-#: Default budget per objective. ``layer``: the mean per-layer relative L2 error; on SmolLM2 at
-#: 4K a per-layer error of 7% kept perplexity within 5%.
-#: ``model``: KL divergence of the final logits in nats per token.
-DEFAULT_MAX_ERROR = {"layer": 0.07, "model": 0.05}
+__all__ = ["OBJECTIVES", "LayerObjective", "ModelObjective", "Objective", "get_objective"]
 
-#: Floor on the mean retained attention mass of the sampled rows (the paper's fast variant
-#: uses alpha = 0.80).
-DEFAULT_MIN_RETAINED_MASS = 0.8
-
-#: The paper's setting (method.md section 5), enqueued as every study's first trial.
-PAPER_DEFAULT = {"alpha": 0.95, "window_ratio": 0.08, "sample_ratio": 0.05, "gqa_granularity": "query_head"}
-
-ALPHA = (0.8, 0.995)
-WINDOW_RATIO = (0.005, 0.15)
-SAMPLE_RATIO = (0.005, 0.1)
-GQA = ("query_head", "kv_head")
-SELECTIONS = tuple(RULES)
-
-#: Stage 2 must be at least this much faster than the global config to be kept.
-PER_LAYER_MIN_GAIN = 0.02
+#: What a worker calls on each trial's profile.
+Evaluator = Callable[["ModelAttentionProfile"], "TrialResult"]
 
 
-@dataclass(frozen=True)
-class Budget:
-    """The accuracy budget: ``error <= max_error`` and ``retained_mass_mean >= min_retained_mass``."""
+class Objective:
+    """Base of the tuning objectives (stateless; one instance per objective in `OBJECTIVES`)."""
 
-    max_error: float
-    min_retained_mass: float
+    #: The ``--objective`` value, recorded on the run and in study names.
+    name: ClassVar[str]
+    #: One line for ``--help``.
+    summary: ClassVar[str]
+    #: The metric that is the error: a `TrialMetrics` column or a key of its ``extra``.
+    error_key: ClassVar[str]
+    #: The error's column header in the summary table.
+    label: ClassVar[str]
+    #: The error's axis label on the Pareto plot.
+    axis_label: ClassVar[str]
+    #: Budget on the error when ``--max-error`` is not given.
+    default_max_error: ClassVar[float]
+    #: Whether the worker needs the model itself (not only the captured q/k/v).
+    needs_model: ClassVar[bool] = False
 
-    def constraints(self, error: float, retained_mass_mean: float) -> list[float]:
-        """Optuna constraint values (<= 0 means satisfied)."""
-        return [error - self.max_error, self.min_retained_mass - retained_mass_mean]
+    def error(self, metrics: TrialMetrics) -> float:
+        """The trial's error in this objective's terms, from its stored metrics."""
+        value = getattr(metrics, self.error_key, None)
+        if value is None:
+            value = metrics.extra.get(self.error_key)
+        if value is None:
+            raise KeyError(f"the trial's metrics have no {self.error_key!r}, the error of objective {self.name!r}")
+        return float(value)
 
-    def feasible(self, error: float, retained_mass_mean: float) -> bool:
-        return all(c <= 0 for c in self.constraints(error, retained_mass_mean))
+    def check_calibration(self, calibration: str) -> None:
+        """Raise `ValueError` when this objective cannot use the ``--calibration`` source."""
 
+    def evaluator(self, layers: LayerEvaluator, samples: Sequence[Any], *, model: Any = None,
+                  device: str = "cpu") -> Evaluator:
+        """What a worker runs on each trial's profile, given its per-layer evaluator, the
+        calibration samples and (when `needs_model`) the loaded model."""
+        return layers.evaluate
 
-def dense_choices(length: int) -> list[int]:
-    """The two values of ``dense_below`` searched at ``length``: 0 (sparse) and 2 * length (dense)."""
-    return [0, 2 * int(length)]
-
-
-def suggest_params(trial: Any, length: int, selections: Sequence[str] = ("sampled",)) -> dict[str, Any]:
-    """Ask an Optuna trial for the stage-1 parameters (see the module docstring).
-
-    ``dense_below`` is asked only of the dense baseline (enqueued with the user attribute
-    ``baseline="dense"``); the other trials are sparse (``dense_below = 0``). ``selection`` is
-    asked only when ``selections`` offers more than one rule; the rule's own parameters (its
-    ``suggest``) only of trials of that rule.
-    """
-    params = {
-        "alpha": trial.suggest_float("alpha", *ALPHA),
-        "window_ratio": trial.suggest_float("window_ratio", *WINDOW_RATIO, log=True),
-        "sample_ratio": trial.suggest_float("sample_ratio", *SAMPLE_RATIO, log=True),
-        "gqa_granularity": trial.suggest_categorical("gqa_granularity", list(GQA)),
-    }
-    selection = selections[0] if len(selections) == 1 else trial.suggest_categorical("selection", list(selections))
-    if selection != SampleAttentionConfig.model_fields["selection"].default_factory().name:
-        # the default rule's trials stay as they were before rules had parameters (no key)
-        params["selection"] = selection
-        params.update(RULES[selection].suggest(trial, params))
-    if trial.user_attrs.get("baseline") == "dense":
-        params["dense_below"] = trial.suggest_categorical("dense_below", dense_choices(length))
-    else:
-        params["dense_below"] = 0
-    return params
+    def layer_budget(self, max_error: float, global_metrics: TrialMetrics) -> float:
+        """The per-layer stage's budget on the mean layer error, given the run's ``max_error``
+        and the metrics of the global config chosen in stage 1."""
+        return max_error
 
 
-def suggest_layer_params(trial: Any) -> dict[str, Any]:
-    """Ask an Optuna trial for the stage-2 parameters: alpha and window_ratio."""
-    return {
-        "alpha": trial.suggest_float("alpha", *ALPHA),
-        "window_ratio": trial.suggest_float("window_ratio", *WINDOW_RATIO, log=True),
-    }
+class LayerObjective(Objective):
+    """The mean relative L2 error of the attention output over layers: cheap, no model needed."""
+
+    name = "layer"
+    summary = "per-layer attention error (cheap)"
+    error_key = "rel_error"
+    label = "rel_error"
+    axis_label = "relative L2 error"
+    # On SmolLM2 at 4K a mean per-layer error of 7% kept perplexity within 5%.
+    default_max_error = 0.07
 
 
-def config_from_params(params: Mapping[str, Any], base: SampleAttentionConfig | None = None) -> SampleAttentionConfig:
-    """A `SampleAttentionConfig` from trial parameters (missing ones from ``base``).
+class ModelObjective(Objective):
+    """The KL divergence of the final logits of a prefill with the trial's profile against the
+    full-attention logits cached at capture time."""
 
-    Trial parameters are flat: the rule's name in ``selection`` and its parameters beside the
-    common ones. Parameters of the base's rule that the trial does not give keep the base's
-    values; a trial that moves alpha alone moves the rule with it (`SelectionRule.for_alpha`,
-    as layer overrides do)."""
-    base = base or SampleAttentionConfig()
-    common = ("alpha", "window_ratio", "sample_ratio", "gqa_granularity", "dense_below")
-    known = {k: params[k] for k in common if k in params}
-    rule = base.selection
-    if "selection" in params and params["selection"] != rule.name:
-        rule = RULES[params["selection"]]()
-    elif "alpha" in known:
-        rule = rule.for_alpha(base.alpha, known["alpha"])
-    owned = {k: params[k] for k in type(rule).model_fields if k != "name" and k in params}
-    if owned:
-        rule = type(rule).model_validate({**dict(rule), **owned})
-    if not known and rule == base.selection:
-        return base
-    # validated, not just copied: the combination must hold (e.g. candidate_alpha >= alpha)
-    return SampleAttentionConfig.model_validate({**dict(base), **known, "selection": rule})
+    name = "model"
+    summary = "KL of the logits vs full attention"
+    error_key = "kl_divergence"
+    label = "KL (nats)"
+    axis_label = "KL (nats)"
+    default_max_error = 0.05
+    needs_model = True
 
+    def check_calibration(self, calibration: str) -> None:
+        if calibration == "synthetic":
+            raise ValueError("--objective model needs real text (essays or a file): synthetic q/k/v have no logits")
 
-def assign_per_layer(
-    candidates: Sequence[tuple[Mapping[str, float], Mapping[int, tuple[float, float]]]],
-    max_mean_error: float,
-) -> list[int] | None:
-    """Pick one candidate per layer: least total latency with mean error <= ``max_mean_error``.
+    def evaluator(self, layers: LayerEvaluator, samples: Sequence[Any], *, model: Any = None,
+                  device: str = "cpu") -> Evaluator:
+        from .evaluate import ModelEvaluator
 
-    Args:
-        candidates: per candidate, its parameters and ``{layer: (error, latency_ms)}`` (every
-            candidate must cover the same layers).
-        max_mean_error: the budget on the mean over layers of the error.
-    Returns:
-        For each layer (in sorted order) the index of its candidate, or None when no
-        combination meets the budget. Solved by a Lagrangian relaxation: for each multiplier
-        ``lam`` every layer takes ``argmin latency + lam * error``; the fastest combination
-        within the budget over a log-spaced sweep of ``lam`` is returned.
-    """
-    if not candidates:
-        return None
-    layers = sorted(candidates[0][1])
-    n = len(layers)
-    scale = sum(candidates[0][1][l][1] for l in layers) / max(n, 1) or 1.0
-    best: tuple[float, list[int]] | None = None
-    for step in range(241):
-        lam = scale * 10 ** (-4 + step * 0.05)  # 1e-4 .. 1e8 times the mean layer latency
-        choice = [min(range(len(candidates)), key=lambda c: candidates[c][1][l][1] + lam * candidates[c][1][l][0])
-                  for l in layers]
-        error = sum(candidates[c][1][l][0] for c, l in zip(choice, layers)) / n
-        latency = sum(candidates[c][1][l][1] for c, l in zip(choice, layers))
-        if error <= max_mean_error + 1e-12 and (best is None or latency < best[0]):
-            best = (latency, choice)
-    return best[1] if best is not None else None
+        if model is None:
+            raise ValueError("the model objective's evaluator needs the loaded model")
+        logits = ModelEvaluator(model, samples, device=device)
+
+        def evaluate(profile: ModelAttentionProfile) -> TrialResult:
+            return layers.evaluate(profile).with_extra(logits.evaluate(profile))
+
+        return evaluate
+
+    def layer_budget(self, max_error: float, global_metrics: TrialMetrics) -> float:
+        # The budget is on the logits, which a per-layer trial does not measure layer by layer:
+        # each layer may be no worse, on average, than the chosen global config.
+        return float(global_metrics.rel_error)
 
 
-def per_layer_profile(
-    base: SampleAttentionConfig, layers: Sequence[int], choice: Sequence[int], candidates: Sequence[Mapping[str, float]]
-) -> ModelAttentionProfile:
-    """The profile with ``base`` as global config and per-layer (alpha, window_ratio) overrides.
+#: Every objective, by name.
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (LayerObjective(), ModelObjective())}
 
-    A layer whose chosen candidate equals the base's values gets no override.
-    """
-    overrides: dict[int, LayerOverride] = {}
-    for layer, c in zip(layers, choice):
-        alpha, window = float(candidates[c]["alpha"]), float(candidates[c]["window_ratio"])
-        if math.isclose(alpha, base.alpha) and math.isclose(window, base.window_ratio):
-            continue
-        overrides[layer] = LayerOverride(alpha=alpha, window_ratio=window)
-    return ModelAttentionProfile(config=base, layers=overrides)
+
+def get_objective(name: str) -> Objective:
+    """The objective called ``name``; `ValueError` naming the choices otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"--objective {name!r}: choose one of {', '.join(OBJECTIVES)}") from None

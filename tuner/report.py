@@ -7,7 +7,7 @@ from typing import Any, TextIO
 from sampleattn.lengths import format_length
 from sampleattn.tables import format_table
 
-__all__ = ["format_summary", "plot_pareto"]
+__all__ = ["chosen_summary", "format_summary", "plot_pareto", "print_summary"]
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -18,13 +18,37 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return str(value)
 
 
+def chosen_summary(report: Any) -> list[dict[str, Any]]:
+    """One row per length for the summary table (plain values; ``None`` for the sparse parameters
+    of a dense choice)."""
+    from sampleattn.store.display import is_dense, selection_mode, sparse_params
+
+    rows = []
+    for r in report.lengths:
+        row: dict[str, Any] = {"length": format_length(r.length), "trials": r.complete, "failed": r.failed,
+                               "feasible": r.feasible, "pareto": r.pareto}
+        if r.chosen is not None:
+            cfg, m = r.chosen.config.config, r.chosen.metrics
+            dense = is_dense(cfg, r.length)
+            alpha, window, sample = sparse_params(cfg, dense)
+            row.update({
+                "chosen": f"#{r.chosen.number}" + ("*" if r.chosen.study.endswith("/per-layer") else ""),
+                "alpha": alpha, "window": window, "sample": sample,
+                "gqa": None if dense else cfg.gqa_granularity, "mode": selection_mode(cfg, dense),
+                "layers": len(r.chosen.config.layers),
+                "error": report.objective_type.error(m), "density": m.density,
+                "latency_ms": m.latency_ms, "dense_ms": m.dense_latency_ms,
+                "speedup": (m.dense_latency_ms / m.latency_ms) if m.latency_ms else None,
+            })
+        rows.append(row)
+    return rows
+
+
 def format_summary(report: Any) -> str:
     """The summary table of a `TuneReport` as text (one row per length)."""
-    from .search import chosen_summary
-
     rows = chosen_summary(report)
     latency = "latency_ms (measured)" if report.device == "cuda" else "latency_ms (estimated)"
-    error = "KL (nats)" if report.objective == "model" else "rel_error"
+    error = report.objective_type.label
     headers = ["length", "trials", "failed", "feasible", "pareto", "chosen", "mode", "alpha", "window", "sample",
                "gqa", "layers", error, "density", latency, "dense_ms", "speedup"]
     keys = ["length", "trials", "failed", "feasible", "pareto", "chosen", "mode", "alpha", "window", "sample",
@@ -40,7 +64,7 @@ def format_summary(report: Any) -> str:
     ]
     for r in report.lengths:
         if r.per_layer:
-            notes.append(f"{format_length(r.length)} per-layer stage: {r.per_layer.get('reason', '')}")
+            notes.append(f"{format_length(r.length)} per-layer stage: {r.per_layer.reason}")
         if r.chosen is None:
             notes.append(f"{format_length(r.length)}: no feasible trial, no profile saved")
     if report.device != "cuda":
@@ -67,14 +91,11 @@ def plot_pareto(report: Any, path: str) -> str:
     from sampleattn.store.display import FrontPanel, plot_fronts
 
     model = report.run.split("/")[0]
-    if report.objective == "model":
-        def error(t):
-            return t.metrics.extra.get("kl_divergence", 0.0)
-        label = "KL (nats)"
-    else:
-        def error(t):
-            return t.metrics.rel_error
-        label = "relative L2 error"
+    objective = report.objective_type
+
+    def error(t):
+        return objective.error(t.metrics)
+
     panels = []
     with ProfileStore(report.store_url, readonly=True) as store:
         for r in report.lengths:
@@ -82,9 +103,8 @@ def plot_pareto(report: Any, path: str) -> str:
                       if t.metrics.rel_error is not None and t.metrics.latency_ms is not None]
             chosen = None
             if r.chosen is not None:
-                chosen = next((t for t in trials if t.study == r.chosen["study"] and t.number == r.chosen["trial"]),
-                              None)
+                chosen = next((t for t in trials if (t.study, t.number) == (r.chosen.study, r.chosen.number)), None)
             panels.append(FrontPanel(title=f"{model} @ {format_length(r.length)}", trials=trials, error=error,
-                                     error_label=label, budget=report.max_error, chosen=chosen))
+                                     error_label=objective.axis_label, budget=report.max_error, chosen=chosen))
     plot_fronts(path, panels)
     return path

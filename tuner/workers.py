@@ -3,10 +3,11 @@
 One actor per GPU (``num_gpus=1``) where there are GPUs, CPU actors otherwise. The driver
 (`sampleattn.tuner.search`) creates them once (`WorkerPool`), loads each length's calibration
 into them once (`TrialWorker.load`), and sends them trials (`TrialWorker.evaluate`); the
-actors never open the store: they return plain dicts and the driver writes.
+actors never open the store: each trial comes back as one validated `TrialOutcome` and the
+driver writes it.
 
 An exception in a trial (including CUDA out-of-memory) is caught in the actor, which frees
-what it can and returns ``{"ok": False, "error": ...}``; the trial is recorded as failed and the
+what it can and returns an outcome holding the error; the trial is recorded as failed and the
 run goes on. An actor that dies (a crash, the OOM killer) is replaced by the pool, and the trial
 it held is recorded as failed.
 
@@ -23,11 +24,21 @@ from __future__ import annotations
 import os
 import socket
 import time
-import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["TrialWorker", "WorkerPool", "injected_failures"]
+from .outcome import TrialOutcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sampleattn.config import ModelAttentionProfile
+
+    from .objectives import Objective
+
+__all__ = ["ClusterError", "TrialWorker", "WorkerPool", "injected_failures", "start_ray", "worker_count"]
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot run the workers asked for; the message says what to change."""
 
 
 def injected_failures(environ: dict[str, str] | None = None) -> dict[str, set[int]]:
@@ -57,7 +68,7 @@ class TrialWorker:
         if threads:
             torch.set_num_threads(int(threads))
         self.layer_eval = None
-        self.model_eval = None
+        self.evaluator = None
         self.model = None
         self.model_key: tuple | None = None
         self.length: int | None = None
@@ -77,20 +88,22 @@ class TrialWorker:
         layers: Sequence[int] | None,
         rows_per_layer: int,
         seed: int,
-        objective: str = "layer",
+        objective: Objective | None = None,
         model_load: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Hold the calibration of one length (replacing the previous one); compute exact outputs.
 
         ``samples`` are `CalibrationSample` (read from the cache folder, which must be visible
-        on this worker's machine) or `SyntheticSample` objects. With ``objective="model"`` the
-        worker also loads the model (``model_load``: `load_model` keyword arguments) once.
-        Returns ``{"dense_ms", "seconds"}``.
+        on this worker's machine) or `SyntheticSample` objects. An ``objective`` that needs the
+        model (`Objective.needs_model`) has it loaded here once (``model_load``: `load_model`
+        keyword arguments). Returns ``{"dense_ms", "seconds"}``.
         """
         import torch
 
-        from .evaluate import LayerEvaluator, ModelEvaluator
+        from .evaluate import LayerEvaluator
+        from .objectives import LayerObjective
 
+        objective = objective or LayerObjective()
         started = time.perf_counter()
         for sample in samples:
             path = getattr(sample, "path", None)
@@ -99,19 +112,19 @@ class TrialWorker:
                     f"worker {self.name} on {socket.gethostname()} cannot see the calibration cache folder "
                     f"{path}: on a multi-machine Ray cluster, put the cache (--cache-dir) on a shared file system"
                 )
-        self.layer_eval = self.model_eval = None
+        self.layer_eval = self.evaluator = None
         if self.device == "cuda":
             torch.cuda.empty_cache()
         self.layer_eval = LayerEvaluator(samples, layers=layers, device=self.device,
                                          rows_per_layer=rows_per_layer, seed=seed)
-        if objective == "model":
+        if objective.needs_model:
             key = tuple(sorted((model_load or {}).items()))
             if self.model is None or self.model_key != key:
                 from .models import load_model
 
                 self.model, _ = load_model(**(model_load or {}), device=self.device)
                 self.model_key = key
-            self.model_eval = ModelEvaluator(self.model, samples, device=self.device)
+        self.evaluator = objective.evaluator(self.layer_eval, samples, model=self.model, device=self.device)
         self.length = int(length)
         return {"dense_ms": self.layer_eval.dense_ms, "seconds": time.perf_counter() - started}
 
@@ -120,48 +133,36 @@ class TrialWorker:
         if self.layer_eval is not None and not self.layer_eval.cuda:
             self.layer_eval.dense_ms = float(dense_ms)
 
-    def evaluate(self, number: int, profile: dict[str, Any], *, inject: str | None = None) -> dict[str, Any]:
-        """Evaluate one trial; never raises for a failing trial (returns ``ok=False``).
+    def evaluate(self, number: int, profile: ModelAttentionProfile, *, inject: str | None = None) -> TrialOutcome:
+        """Evaluate one trial; never raises for a failing trial (the outcome holds the error).
 
         Args:
             number: the Optuna trial number (for messages and the test hooks).
-            profile: a `ModelAttentionProfile` as a dict.
+            profile: the trial's profile.
             inject: test hook, ``"fail"`` (raise) or ``"crash"`` (exit the process).
-        Returns:
-            ``{"ok": True, "result": TrialResult as a dict}`` or ``{"ok": False, "error": str}``,
-            with ``worker``, ``device`` and ``duration_s``.
         """
-        from dataclasses import asdict
-
         import torch
 
-        from sampleattn.config import ModelAttentionProfile
-
         started = time.perf_counter()
-        base = {"worker": self.name, "device": self.describe()["device"]}
+        device = self.describe()["device"]
         try:
-            if self.layer_eval is None:
+            if self.evaluator is None:
                 raise RuntimeError("the worker holds no calibration data (load() was not called)")
             if inject == "crash":
                 os._exit(17)
             if inject == "fail":
                 raise RuntimeError(f"injected failure of trial {number} (SATTN_TUNE_FAIL_TRIALS)")
-            config = ModelAttentionProfile.model_validate(profile)
-            result = self.layer_eval.evaluate(config)
-            if self.model_eval is not None:
-                geometry = None
-                result.extra.update(self.model_eval.evaluate(config, geometry=geometry))
-            out = asdict(result)
-            out["layers"] = {int(k): v for k, v in out["layers"].items()}
-            return {"ok": True, "result": out, **base, "duration_s": time.perf_counter() - started}
+            result = self.evaluator(profile)
+            return TrialOutcome(worker=self.name, device=device, duration_s=time.perf_counter() - started,
+                                result=result)
         except Exception as exc:  # noqa: BLE001 - a failing trial is data, not a crash
             message = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 message = "CUDA out of memory: " + str(exc).splitlines()[0]
             if self.device == "cuda":
                 torch.cuda.empty_cache()
-            return {"ok": False, "error": message, "traceback": traceback.format_exc(limit=8), **base,
-                    "duration_s": time.perf_counter() - started}
+            return TrialOutcome(worker=self.name, device=device, duration_s=time.perf_counter() - started,
+                                error=message)
 
 
 class WorkerPool:
@@ -239,3 +240,47 @@ class WorkerPool:
             except Exception:  # noqa: BLE001
                 pass
         self.actors = []
+
+
+def start_ray(address: str | None) -> tuple[bool, str]:
+    """Join the Ray cluster at ``address``, or start a local one (unless Ray already runs here).
+
+    Returns (whether this call started Ray, and so must shut it down; a line describing the
+    cluster). Raises `ClusterError` when the cluster cannot be joined.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False, "ray: already running in this process"
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - ConnectionError and friends
+            raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    else:
+        ray.init(object_store_memory=512 * 1024**2, **kwargs)
+    resources = ray.cluster_resources()
+    return True, (f"ray: {'joined ' + address if address else 'local cluster'}, "
+                  f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def worker_count(requested: int | None, device: str) -> tuple[int, int]:
+    """(actors, CPUs per actor) on this cluster: ``requested`` actors, or one per GPU (on the CPU,
+    2 or fewer). Raises `ClusterError` when the cluster has too few GPUs or CPUs."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1))
+    if device == "cuda":
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise ClusterError("--device cuda but the Ray cluster has no GPU: use --device cpu, or join a GPU cluster")
+        n = requested or gpus
+        if n > gpus:
+            raise ClusterError(f"--workers {n} GPU actors but the Ray cluster has {gpus} GPUs")
+        return n, max(1, min(4, cpus // n))
+    n = requested or max(1, min(2, cpus))
+    if n > cpus:
+        raise ClusterError(f"--workers {n} CPU actors but the Ray cluster has {cpus} CPUs")
+    return n, max(1, cpus // n)

@@ -113,17 +113,17 @@ def test_budget():
 def test_tuned_profile_per_length_dense_and_missing(tmp_path):
     """The tuned row takes the store's profile of each length; a profile that runs dense at that
     length, or no profile at all, is not run, with the reason."""
-    from sampleattn.eval.runner import EvalSettings, SkipMethod, _TunedProfiles
+    from sampleattn.eval.runner import EvalSettings, SkipMethod, TunedProfiles
 
     store = make_store(tmp_path / "s.sqlite", {
         512: {"config": {"alpha": 0.97, "dense_below": 0}},
         2048: {"config": {"alpha": 0.97, "dense_below": 4096}}})
-    tuned = _TunedProfiles(EvalSettings(profile=store, backend="torch"))
+    tuned = TunedProfiles(EvalSettings(profile=store, backend="torch"))
     assert tuned.operator(1024).config_for(0).alpha == 0.97  # bucket rule: the 512 profile
     assert tuned.info[1024]["profile_length"] == 512
     with pytest.raises(SkipMethod, match="dense"):
         tuned.operator(2048)
-    missing = _TunedProfiles(EvalSettings(profile=make_store(tmp_path / "empty.sqlite", {}), backend="torch"))
+    missing = TunedProfiles(EvalSettings(profile=make_store(tmp_path / "empty.sqlite", {}), backend="torch"))
     with pytest.raises(SkipMethod, match="no tuned profile"):
         missing.operator(512)
 
@@ -153,12 +153,12 @@ def test_scaled_model_is_derived_from_the_loaded_weights(smollm2, essays):
     (no second GGUF read): the same logits as loading it with max_length."""
     import torch
 
-    from sampleattn.eval.runner import EvalSettings, _ModelCache
+    from sampleattn.eval.runner import EvalSettings, ModelCache
     from sampleattn.tuner.calibration import calibration_windows
     from sampleattn.tuner.models import load_model
 
     model, tokenizer = smollm2
-    cache = _ModelCache(EvalSettings(), lambda m: None, (model, tokenizer))
+    cache = ModelCache(EvalSettings(), lambda m: None, (model, tokenizer))
     derived = cache.get(16384)[0]
     assert cache.get(1024)[0] is model and cache.get(16384)[0] is derived
     loaded, _ = load_model("smollm2-135m", max_length=16384)

@@ -43,8 +43,12 @@ def test_default_url(monkeypatch, tmp_path):
     from sampleattn.store import default_url
 
     monkeypatch.delenv("SAMPLEATTN_STORE", raising=False)
+    monkeypatch.delenv("SAMPLEATTN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_url() == f"sqlite:///{tmp_path}/sampleattn/profiles.sqlite"
+    monkeypatch.setenv("SAMPLEATTN_CACHE", str(tmp_path / "mine"))  # sampleattn's cache root
+    assert default_url() == f"sqlite:///{tmp_path}/mine/profiles.sqlite"
+    monkeypatch.delenv("SAMPLEATTN_CACHE")
     monkeypatch.setenv("SAMPLEATTN_STORE", str(tmp_path / "elsewhere.db"))
     assert default_url() == f"sqlite:///{tmp_path}/elsewhere.db"
     monkeypatch.setenv("SAMPLEATTN_STORE", "postgresql://user@db.example/profiles")
@@ -53,6 +57,7 @@ def test_default_url(monkeypatch, tmp_path):
 
 def test_default_store_is_created_under_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("SAMPLEATTN_STORE", raising=False)
+    monkeypatch.delenv("SAMPLEATTN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with ProfileStore() as store:
         add_model(store)

@@ -17,30 +17,26 @@ from sampleattn.tuner.search import LengthResult, TuneReport  # noqa: E402
 RUN = "llama-toy/1k,2k/real"
 
 
-def _chosen(trial: int, config: dict, error: float, latency: float, study: str) -> dict:
-    metrics = {"density": 0.3, "latency_ms": latency, "dense_latency_ms": 4.0}
-    return {"trial": trial, "study": study, "profile": {"config": config}, "metrics": metrics, "error": error,
-            "latency_ms": latency}
-
-
 def _report(tmp_path) -> TuneReport:
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     dense = {"alpha": 0.95, "window_ratio": 0.08, "sample_ratio": 0.05, "gqa_granularity": "query_head",
              "dense_below": 2048}
     rescored = {"alpha": 0.9, "window_ratio": 0.04, "sample_ratio": 0.05, "gqa_granularity": "kv_head",
                 "dense_below": 0, "selection": "rescored"}
+    chosen = {}
     with ProfileStore(url, create=True) as store:
         add_model(store)
         add_run(store, name=RUN, lengths=("1k", "2k"), max_error=0.05)
         for length, study in ((1024, "s1k"), (2048, "s2k")):
             for number, (error, latency, config) in enumerate([(0.0, 4.0, dense), (0.03, 2.0, rescored),
                                                                 (0.2, 1.0, rescored)]):
-                store.record_trial(RUN, number, seq_len=length, state="complete", study=study,
-                                   config={"config": {**config, "dense_below": 2 * length if number == 0 else 0}},
-                                   metrics=trial_metrics(error, latency, latency_measured=False))
+                chosen[study, number] = store.record_trial(
+                    RUN, number, seq_len=length, state="complete", study=study,
+                    config={"config": {**config, "dense_below": 2 * length if number == 0 else 0}},
+                    metrics=trial_metrics(error, latency, latency_measured=False))
     return TuneReport(run=RUN, store_url=url, device="cpu", objective="layer", max_error=0.05, lengths=[
-        LengthResult(1024, "s1k", complete=3, feasible=2, chosen=_chosen(0, dense, 0.0, 4.0, "s1k")),
-        LengthResult(2048, "s2k", complete=3, feasible=2, chosen=_chosen(1, rescored, 0.03, 2.0, "s2k")),
+        LengthResult(1024, "s1k", complete=3, feasible=2, chosen=chosen["s1k", 0]),
+        LengthResult(2048, "s2k", complete=3, feasible=2, chosen=chosen["s2k", 1]),
     ])
 
 

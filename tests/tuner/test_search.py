@@ -48,8 +48,8 @@ def test_end_to_end_real_model(smollm2, essays, ray_cluster, tmp_path):
             assert store.pareto(MODEL, length, run=report.run)
             profile = store.get_profile(MODEL, length)
             assert profile.run == report.run and profile.metrics.rel_error <= report.max_error
-    assert all(r.per_layer is not None and r.per_layer["candidates"] >= 2 for r in report.lengths)
-    assert all(r.chosen["profile"]["config"]["dense_below"] == 0 for r in report.lengths)
+    assert all(r.per_layer is not None and r.per_layer.candidates >= 2 for r in report.lengths)
+    assert all(r.chosen.config.config.dense_below == 0 for r in report.lengths)
 
     # from_profile reads it back, checks the geometry, and runs on the real model's q/k/v.
     from sampleattn.operator import Geometry, SampleAttention

@@ -11,7 +11,7 @@ import torch
 from sampleattn.config import ModelAttentionProfile, SampleAttentionConfig
 from sampleattn.tuner.calibration import synthetic_calibration
 from sampleattn.tuner.evaluate import LayerEvaluator, estimate_sparse_ms
-from sampleattn.tuner.objectives import Budget, assign_per_layer, per_layer_profile
+from sampleattn.tuner.search_space import Budget, assign_per_layer, per_layer_profile
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_rescored_trial_costs_its_ranking_passes(evaluator):
 def test_suggested_rule_params_make_a_valid_config():
     import optuna
 
-    from sampleattn.tuner.objectives import config_from_params, suggest_params
+    from sampleattn.tuner.search_space import config_from_params, suggest_params
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
