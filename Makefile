@@ -40,9 +40,12 @@ setup: $(BIN)/.installed
 # Without a CUDA GPU, tests/conftest.py runs the Triton kernels under TRITON_INTERPRET=1.
 # pytest prints each file's name as it starts, with the time so far and an estimate of the time
 # left (tests/session_progress.py), the 15 slowest tests at the end, and its summary line last.
+# PYTHONSAFEPATH keeps the checkout's folder off sys.path (for pytest and every Python process
+# a test starts): its top-level kernels/ folder would hide Hugging Face's `kernels` package,
+# which transformers imports.
 PYTEST_ARGS ?= --durations=15
 test: $(BIN)/.installed
-	@bash scripts/test-with-postgres.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+	@PYTHONSAFEPATH=1 bash scripts/test-with-postgres.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The embedded default on the CPU: SmolLM2-135M, the essays, 1K and 2K tokens, a few minutes on
 # 2 cores. Override TUNE_ARGS for more (docs/tuner.md), e.g. on a GPU:
