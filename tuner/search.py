@@ -159,7 +159,7 @@ def _calibration_tag(options: TuneOptions) -> str:
     if options.calibration in ("essays", "synthetic"):
         tag = options.calibration
     else:
-        from .calibration import load_calibration_file, text_fingerprint
+        from sampleattn.models.text import load_calibration_file, text_fingerprint
 
         tag = "file-" + text_fingerprint(load_calibration_file(options.calibration))[:8]
     tag += f"-x{options.samples}"
@@ -240,7 +240,7 @@ def _validate(options: TuneOptions) -> None:
 
 def _calibration_text(options: TuneOptions) -> tuple[str, str]:
     """(text, source label) of a real calibration."""
-    from .calibration import essays_text, load_calibration_file
+    from sampleattn.models.text import essays_text, load_calibration_file
 
     if options.calibration == "essays":
         try:
@@ -616,7 +616,9 @@ def _per_layer_stage(ctx: _Ctx, length: int, base: SampleAttentionConfig, best, 
 
 def _capture(options: TuneOptions, spec, device: str, model, tokenizer, out: TextIO | None):
     """Samples per length, and the run's calibration info and attributes."""
-    from .calibration import CalibrationCache, synthetic_calibration, text_fingerprint
+    from sampleattn.models.calibration import CalibrationCache
+    from sampleattn.models.samples import synthetic_calibration
+    from sampleattn.models.text import text_fingerprint
 
     samples: dict[int, list[Any]] = {}
     attrs: dict[str, Any] = {}
@@ -628,7 +630,7 @@ def _capture(options: TuneOptions, spec, device: str, model, tokenizer, out: Tex
     text, source = _calibration_text(options)
     import torch
 
-    from .models import load_info, load_model
+    from sampleattn.models.loading import load_info, load_model
 
     owned = model is None
     if owned:
@@ -676,8 +678,8 @@ def tune(options: TuneOptions, *, model: Any = None, tokenizer: Any = None, out:
     from sampleattn.store import ProfileStore
     from sampleattn.store.schemas import search_space_from_distributions
 
-    from .catalog import get_model_spec
-    from .models import resolve_model_source
+    from sampleattn.models.catalog import get_model_spec
+    from sampleattn.models.loading import resolve_model_source
 
     started = time.perf_counter()
     spec = get_model_spec(options.model)

@@ -317,7 +317,7 @@ class _ModelCache:
     DERIVABLE = ("llama", "qwen2")
 
     def __init__(self, settings: EvalSettings, log: Callable[[str], None], preloaded=None) -> None:
-        from sampleattn.tuner.catalog import get_model_spec
+        from sampleattn.models.catalog import get_model_spec
 
         self.settings = settings
         self.log = log
@@ -329,7 +329,7 @@ class _ModelCache:
             self.models[repr(self._scaling(None))] = (model, tokenizer, None)
 
     def _scaling(self, length: int | None):
-        from sampleattn.tuner.models import rope_scaling_for
+        from sampleattn.models.loading import rope_scaling_for
 
         return rope_scaling_for(self.spec, length, self.settings.rope_scaling)
 
@@ -345,7 +345,7 @@ class _ModelCache:
         return self.get(length)[1]
 
     def get(self, length: int):
-        from sampleattn.tuner.models import load_model
+        from sampleattn.models.loading import load_model
 
         scaling = self._scaling(length)
         key = repr(scaling)
@@ -370,7 +370,7 @@ class _ModelCache:
         base's weights (the rotary tables are buffers of the new config, not copied)."""
         from transformers import AutoModelForCausalLM
 
-        from sampleattn.tuner.models import configure_rope
+        from sampleattn.models.loading import configure_rope
 
         config = copy.deepcopy(base.config)
         configure_rope(config, self.spec, max_length=length, method=self.settings.rope_scaling)
@@ -439,7 +439,7 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
     after every measured row (the CLI writes the results so far, so a cut-off run keeps them).
     ``start``: when the budget (``settings.budget_s``) began (default: now); ``clock`` its clock.
     """
-    from sampleattn.tuner.calibration import calibration_windows, essays_text
+    from sampleattn.models.text import calibration_windows, essays_text
 
     budget = Budget(settings.budget_s, start=start, clock=clock)
     not_run: list[dict[str, Any]] = []
