@@ -131,7 +131,7 @@ def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, den
     raise ValueError(f"inputs={inputs!r}; choose 'synthetic' or 'smollm2-layerN'")
 
 
-#: SmolLM2-135M's attention geometry and depth (sampleattn.tuner.catalog "smollm2-135m").
+#: SmolLM2-135M's attention geometry and depth (sampleattn.models.catalog "smollm2-135m").
 SMOLLM2 = Geometry("smollm2", 9, 3, 64)
 SMOLLM2_LAYERS = 30
 
@@ -159,8 +159,8 @@ def _smollm2_model(seqlen: int, device: str | torch.device):
     a benchmark over seven lengths reads and dequantises the GGUF once, not seven times."""
     import copy
 
-    from sampleattn.tuner.catalog import get_model_spec
-    from sampleattn.tuner.models import configure_rope, load_model
+    from sampleattn.models.catalog import get_model_spec
+    from sampleattn.models.loading import configure_rope, load_model
 
     spec = get_model_spec("smollm2-135m")
     key = str(torch.device(device))
@@ -188,8 +188,8 @@ def capture_smollm2(seqlen: int, layers: list[int], *, batch: int = 1, seed: int
     tokens of the essays (read circularly: the text is about 170K tokens, so 1M tokens repeat it
     about six times). The prefill stops after the deepest layer asked for (the layers above do
     not change the captured ones), so a capture at layer 16 costs 17 layers of attention."""
-    from sampleattn.tuner.calibration import calibration_windows, essays_text
-    from sampleattn.tuner.capture import capture_qkv
+    from sampleattn.models.text import calibration_windows, essays_text
+    from sampleattn.models.capture import capture_qkv
 
     model, tokenizer, _ = _smollm2_model(seqlen, device)
     ids = calibration_windows(tokenizer, essays_text(), seqlen, batch, seed)

@@ -1,6 +1,6 @@
 """SampleAttention: adaptive structured sparse attention for long-context prefill.
 
-Public API (attributes load lazily, so ``import sampleattn`` stays light and never imports
+Public API (attributes load lazily through ``lazy_loader``, so ``import sampleattn`` stays light and never imports
 ray, optuna, sqlalchemy or transformers)::
 
     from sampleattn import SampleAttentionConfig, plan, sparse_attention, sample_attention
@@ -12,39 +12,18 @@ k and v (batch, seqlen_k, nheads_kv, headdim), bottom-right causal alignment.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "SampleAttentionConfig": "sampleattn.config",
-    "ModelAttentionProfile": "sampleattn.config",
-    "LayerOverride": "sampleattn.config",
-    "HeadOverride": "sampleattn.config",
-    "SparsePlan": "sampleattn.planning",
-    "plan": "sampleattn.planning",
-    "sparse_attention": "sampleattn.attention",
-    "sample_attention": "sampleattn.attention",
-    "dense_attention": "sampleattn.attention",
-    "sample_attention_op": "sampleattn.ops",
-    "SampleAttention": "sampleattn.operator",
-    "parse_length": "sampleattn.lengths",
-    "format_length": "sampleattn.lengths",
-    "collect_env": "sampleattn.env",
-}
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sampleattn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, _names = lazy_loader.attach(__name__, submod_attrs={
+    "config": ["SampleAttentionConfig", "ModelAttentionProfile", "LayerOverride", "HeadOverride"],
+    "geometry": ["Geometry"],
+    "planning": ["SparsePlan", "plan"],
+    "attention": ["sparse_attention", "sample_attention", "dense_attention"],
+    "ops": ["sample_attention_op"],
+    "operator": ["SampleAttention"],
+    "lengths": ["parse_length", "format_length"],
+    "env": ["collect_env"],
+})
+__all__ = [*_names, "__version__"]

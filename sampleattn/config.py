@@ -179,17 +179,17 @@ class ModelAttentionProfile(BaseModel):
                     raise ValueError(f"head index {head} of layer {index} is negative")
         return layers
 
-    def check_geometry(self, num_layers: int, nheads_q: int, *, model: str | None = None) -> None:
+    def check_geometry(self, num_layers: int, num_q_heads: int, *, model: str | None = None) -> None:
         """Raise `ValueError` if an override names a layer or query head the model lacks."""
         who = f"model {model}" if model else "the model"
         for layer, override in self.layers.items():
             if layer >= num_layers:
                 raise ValueError(f"the profile overrides layer {layer}, but {who} has {num_layers} layers")
             for head in override.heads:
-                if head >= nheads_q:
+                if head >= num_q_heads:
                     raise ValueError(
                         f"the profile overrides head {head} of layer {layer}, but {who} has "
-                        f"{nheads_q} query heads"
+                        f"{num_q_heads} query heads"
                     )
 
     def layer_config(self, layer: int) -> SampleAttentionConfig:

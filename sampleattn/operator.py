@@ -2,30 +2,21 @@
 
 It carries a `ModelAttentionProfile` (a global config, per-layer and per-head overrides),
 checks the geometry of the model it is applied to, and dispatches each call to the kernels or
-to dense attention. `SampleAttention.from_profile` loads a tuned profile from the store.
+to dense attention. `SampleAttention.from_profile` loads a tuned profile from the profile store
+(reached through `sampleattn.profile_source`, so the core never imports the store).
 """
 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
 
 import torch
 
 from .attention import Backend, sample_attention
 from .config import ModelAttentionProfile, SampleAttentionConfig
+from .geometry import Geometry
 
-__all__ = ["Geometry", "SampleAttention"]
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What a profile must agree with: layers, query heads, KV heads, head dim."""
-
-    num_layers: int
-    nheads_q: int
-    nheads_kv: int
-    head_dim: int
+__all__ = ["SampleAttention"]
 
 
 class SampleAttention:
@@ -38,7 +29,7 @@ class SampleAttention:
 
     Args:
         profile: a `ModelAttentionProfile`, or one `SampleAttentionConfig` for every layer.
-        geometry: the model's geometry, when known; profiles are checked against it.
+        geometry: the model's `Geometry`, when known; profiles and inputs are checked against it.
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see `sampleattn.attention`).
         as_custom_op: run each call through the custom op ``torch.ops.sampleattn.sample_attention``
             (`sampleattn.ops`), so that `torch.compile` (``fullgraph=True``) of a model that holds
@@ -105,36 +96,21 @@ class SampleAttention:
             geometry: the geometry of the model it will run on; checked against the profile.
             allow_synthetic: accept a profile tuned on synthetic calibration data.
         """
-        from .lengths import parse_length
-        from .store import ProfileStore
+        from .profile_source import load_tuned_profile
 
-        owned = store is None or isinstance(store, str)
-        if owned:
-            store = ProfileStore(store, readonly=True)
-        try:
-            if seq_len is None:
-                lengths = store.tuned_lengths(model)
-                if not lengths:
-                    raise ValueError(f"the store has no profile for {model!r}; run sattn-tune --model {model}")
-                seq_len = max(lengths)
-            record = store.get_profile(model, parse_length(seq_len), allow_synthetic=allow_synthetic)
-            info = store.get_model(model)
-        finally:
-            if owned:
-                store.close()
-        stored_geometry = Geometry(info.num_layers, info.num_q_heads, info.num_kv_heads, info.head_dim)
-        if geometry is not None and geometry != stored_geometry:
+        tuned = load_tuned_profile(model, seq_len, store, allow_synthetic=allow_synthetic)
+        if geometry is not None and geometry != tuned.geometry:
             raise ValueError(
-                f"the profile of {model!r} was tuned for {stored_geometry}, but the model it is "
+                f"the profile of {model!r} was tuned for {tuned.geometry}, but the model it is "
                 f"applied to has {geometry}: tune this model, or load the right profile"
             )
-        operator = cls(record.config, geometry=stored_geometry, backend=backend)
-        operator.source = record
+        operator = cls(tuned.profile, geometry=tuned.geometry, backend=backend)
+        operator.source = tuned.source
         return operator
 
     def check_geometry(self, geometry: Geometry) -> None:
         """Raise if a layer or head override names a layer or head the model does not have."""
-        self.profile.check_geometry(geometry.num_layers, geometry.nheads_q)
+        self.profile.check_geometry(geometry.num_layers, geometry.num_q_heads)
 
     def config_for(self, layer: int) -> SampleAttentionConfig:
         """The config used for one layer."""
@@ -184,12 +160,7 @@ class SampleAttention:
         """
         layer = self.check_layer(layer)
         if self.geometry is not None:
-            g = self.geometry
-            if (q.shape[2], k.shape[2], q.shape[3]) != (g.nheads_q, g.nheads_kv, g.head_dim):
-                raise ValueError(
-                    f"q/k have (nheads_q, nheads_kv, headdim)=({q.shape[2]}, {k.shape[2]}, {q.shape[3]}) "
-                    f"but this operator was set up for {(g.nheads_q, g.nheads_kv, g.head_dim)}"
-                )
+            self.geometry.check_qk(q, k)
         if self.as_custom_op:
             if return_lse or return_plan:
                 raise ValueError("the custom op returns the output only: make the SampleAttention with "

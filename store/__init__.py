@@ -9,63 +9,23 @@ The tuner writes (``ProfileStore(url)``); everything else reads (``readonly=True
 ``docs/store.md`` for the schema, the bucket rule, concurrency, migrations and the
 ``sattn-store`` command line.
 
-Attributes load lazily: ``import sampleattn.store`` imports neither SQLAlchemy nor Alembic, so
+Attributes load lazily (``lazy_loader``): ``import sampleattn.store`` imports neither SQLAlchemy nor Alembic, so
 that the error classes and the bucket rule are cheap to import.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "ProfileStore": "store",
-    "default_url": "store",
-    "normalize_url": "store",
-    "BucketChoice": "buckets",
-    "choose_bucket": "buckets",
-    "DEFAULT_FAR_RATIO": "buckets",
-    "pareto_front": "pareto",
-    "HEAD_REVISION": "migrate",
-    "KNOWN_REVISIONS": "migrate",
-    "CalibrationInfo": "schemas",
-    "ImportSummary": "schemas",
-    "ModelInfo": "schemas",
-    "ParamSpace": "schemas",
-    "ProfileRecord": "schemas",
-    "RunInfo": "schemas",
-    "StoreExport": "schemas",
-    "TrialMetrics": "schemas",
-    "TrialRecord": "schemas",
-    "content_hash": "schemas",
-    "search_space_from_distributions": "schemas",
-    "StoreError": "errors",
-    "StoreNotFoundError": "errors",
-    "StorePermissionError": "errors",
-    "StoreDiskFullError": "errors",
-    "ReadOnlyStoreError": "errors",
-    "ModelNotFoundError": "errors",
-    "RunNotFoundError": "errors",
-    "ProfileNotFoundError": "errors",
-    "ImportFormatError": "errors",
-    "SchemaError": "errors",
-    "SchemaTooNewError": "errors",
-    "SchemaTooOldError": "errors",
-    "CorruptStoreError": "errors",
-    "ProfileDistanceWarning": "errors",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sampleattn.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "store": ["ProfileStore", "default_url", "normalize_url"],
+    "buckets": ["BucketChoice", "choose_bucket", "DEFAULT_FAR_RATIO"],
+    "pareto": ["pareto_front"],
+    "migrate": ["HEAD_REVISION", "KNOWN_REVISIONS"],
+    "schemas": ["CalibrationInfo", "ImportSummary", "ModelInfo", "ParamSpace", "ProfileRecord", "RunInfo",
+                "StoreExport", "TrialMetrics", "TrialRecord", "content_hash", "search_space_from_distributions"],
+    "errors": ["StoreError", "StoreNotFoundError", "StorePermissionError", "StoreDiskFullError",
+               "ReadOnlyStoreError", "ModelNotFoundError", "RunNotFoundError", "ProfileNotFoundError",
+               "ImportFormatError", "SchemaError", "SchemaTooNewError", "SchemaTooOldError",
+               "CorruptStoreError", "ProfileDistanceWarning"],
+})

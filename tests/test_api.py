@@ -14,9 +14,8 @@ from pydantic import ValidationError
 import sampleattn
 from sampleattn import (
     HeadOverride, LayerOverride, ModelAttentionProfile, SampleAttention, SampleAttentionConfig,
-    dense_attention, parse_length, sample_attention,
+    Geometry, dense_attention, parse_length, sample_attention,
 )
-from sampleattn.operator import Geometry
 from sampleattn.reference import attention_ref, sample_attention_ref
 
 from kernel_helpers import qkv, rel_err
@@ -115,7 +114,7 @@ def test_operator_applies_layer_and_head_overrides():
         config=SampleAttentionConfig(alpha=0.8, window_ratio=0.05, dense_below=0),
         layers={1: LayerOverride(alpha=1.0, heads={2: HeadOverride(window_ratio=0.5)})},
     )
-    attn = SampleAttention(profile, geometry=Geometry(num_layers=2, nheads_q=4, nheads_kv=2, head_dim=64))
+    attn = SampleAttention(profile, geometry=Geometry(num_layers=2, num_q_heads=4, num_kv_heads=2, head_dim=64))
     _, p0 = attn(q, k, v, layer=0, return_plan=True)
     _, p1 = attn(q, k, v, layer=1, return_plan=True)
     assert p0.window.tolist() == [7, 7, 7, 7]
@@ -123,10 +122,10 @@ def test_operator_applies_layer_and_head_overrides():
     assert p1.mean_density == pytest.approx(1.0) and p0.mean_density < 1.0
     with pytest.raises(ValueError, match="out of range"):
         attn(q, k, v, layer=2)
-    with pytest.raises(ValueError, match="set up for"):
+    with pytest.raises(ValueError, match="the model's geometry is"):
         attn(q[:, :, :2], k[:, :, :1], v[:, :, :1], layer=0)
     with pytest.raises(ValueError, match="model has 1 layers"):
-        SampleAttention(profile, geometry=Geometry(num_layers=1, nheads_q=4, nheads_kv=2, head_dim=64))
+        SampleAttention(profile, geometry=Geometry(num_layers=1, num_q_heads=4, num_kv_heads=2, head_dim=64))
     with pytest.raises(ValueError, match="names head 9"):
         sample_attention(q, k, v, SampleAttentionConfig(dense_below=0), heads={9: HeadOverride(alpha=0.5)})
 
@@ -196,6 +195,19 @@ def test_from_profile_loads_a_stored_profile(tmp_path):
     assert SampleAttention.from_profile("tiny", "4k", url).source.calibration_kind == "real"
     # Even with allow_synthetic, a real profile wins where the model has one (docs/store.md).
     assert SampleAttention.from_profile("tiny", "4k", url, allow_synthetic=True).config_for(0).alpha == 0.9
+
+
+def test_from_profile_reaches_the_store_through_an_entry_point():
+    """The core finds the store as a registered profile source (it never imports it); a source
+    that no package registers gets an error that says what to do."""
+    from importlib.metadata import entry_points
+
+    from sampleattn.profile_source import GROUP, load_tuned_profile
+
+    (store,) = entry_points(group=GROUP, name="store")
+    assert store.value == "sampleattn.store.profile_source:load_tuned_profile"
+    with pytest.raises(LookupError, match="no profile source 'elsewhere' is registered.*reinstall"):
+        load_tuned_profile("tiny", "1k", source="elsewhere")
 
 
 def test_every_package_folder_is_installed():

@@ -22,7 +22,7 @@ from sampleattn import (
     HeadOverride, LayerOverride, ModelAttentionProfile, SampleAttention, SampleAttentionConfig,
     dense_attention, plan, sample_attention,
 )
-from sampleattn.operator import Geometry
+from sampleattn.geometry import Geometry
 from sampleattn.reference import attention_ref, plan_ref
 
 from kernel_helpers import qkv, rel_err
@@ -233,7 +233,7 @@ def test_layer_range_is_checked_against_the_geometry_when_known():
     free = SampleAttention(_profile())
     assert free.config_for(99) == free.profile.config  # no geometry: the global config
     assert free(q, k, v, layer=99).shape == q.shape
-    bound = SampleAttention(_profile(), geometry=Geometry(num_layers=4, nheads_q=2, nheads_kv=1, head_dim=64))
+    bound = SampleAttention(_profile(), geometry=Geometry(num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=64))
     with pytest.raises(ValueError, match="out of range for a model of 4 layers"):
         bound(q, k, v, layer=4)
     assert bound(q, k, v, layer=3).shape == q.shape
@@ -255,7 +255,7 @@ def test_a_head_override_beyond_the_call_is_refused_at_every_length():
 _KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from sampleattn.tuner.calibration import temp_folder_for
+from sampleattn.models.calibration import temp_folder_for
 tmp = temp_folder_for(Path(sys.argv[1]))
 tmp.mkdir(parents=True)
 (tmp / "layer_000.safetensors").write_bytes(b"partial")
@@ -265,7 +265,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_killed_captures_temporary_folder_is_removed_on_the_next_start(tmp_path):
-    from sampleattn.tuner.calibration import STALE_TEMP_SECONDS, CalibrationCache, temp_folder_for
+    from sampleattn.models.calibration import STALE_TEMP_SECONDS, CalibrationCache, temp_folder_for
 
     root = tmp_path / "calibration"
     entry = root / "model" / "L128_group" / "sample_0000"
@@ -286,7 +286,7 @@ def test_a_killed_captures_temporary_folder_is_removed_on_the_next_start(tmp_pat
 
 
 def test_a_capture_that_fails_midway_leaves_no_entry(smollm2, essays, tmp_path):
-    from sampleattn.tuner.calibration import CalibrationCache
+    from sampleattn.models.calibration import CalibrationCache
 
     model, tokenizer = smollm2
     cache = CalibrationCache(tmp_path / "calibration")

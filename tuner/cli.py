@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on bad options
     from sampleattn.store.errors import StoreError
 
-    from .catalog import UnknownModelError
-    from .models import ModelNotAvailableError
+    from sampleattn.models.catalog import UnknownModelError
+    from sampleattn.models.loading import ModelNotAvailableError
     from .report import plot_pareto, print_summary
     from .search import TuneError, TuneOptions, TuneUsageError, tune
 

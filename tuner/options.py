@@ -128,7 +128,7 @@ def resolve_device(device: str | None) -> str:
 
 def calibration_text(options: TuneOptions) -> tuple[str, str]:
     """(text, source label) of a real calibration; `TuneError` when the essays are missing."""
-    from .calibration import essays_text, load_calibration_file
+    from sampleattn.models.text import essays_text, load_calibration_file
 
     if options.calibration == "essays":
         try:
@@ -145,7 +145,7 @@ def _calibration_tag(options: TuneOptions) -> str:
     if options.calibration in ("essays", "synthetic"):
         tag = options.calibration
     else:
-        from .calibration import load_calibration_file, text_fingerprint
+        from sampleattn.models.text import load_calibration_file, text_fingerprint
 
         tag = "file-" + text_fingerprint(load_calibration_file(options.calibration))[:8]
     tag += f"-x{options.samples}"

@@ -32,7 +32,9 @@ def capture_samples(options: TuneOptions, spec: Any, device: str, model: Any = N
                     out: TextIO | None = None) -> RunSamples:
     """The samples of every length of ``options``. Real text is captured with ``model`` when given,
     else with the model loaded here (and freed before the search starts)."""
-    from .calibration import CalibrationCache, synthetic_calibration, text_fingerprint
+    from sampleattn.models.calibration import CalibrationCache
+    from sampleattn.models.samples import synthetic_calibration
+    from sampleattn.models.text import text_fingerprint
 
     if options.calibration == "synthetic":
         return RunSamples(
@@ -42,7 +44,7 @@ def capture_samples(options: TuneOptions, spec: Any, device: str, model: Any = N
     text, source = calibration_text(options)
     import torch
 
-    from .models import load_info, load_model
+    from sampleattn.models.loading import load_info, load_model
 
     attrs: dict[str, Any] = {}
     owned = model is None

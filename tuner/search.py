@@ -89,8 +89,8 @@ def _check(options: TuneOptions, model: Any) -> tuple[Any, str]:
     """Check the options before anything slow starts; returns (the model's spec, the device).
 
     Fills in the catalogue's spelling of the model and the default rows per layer."""
-    from .catalog import get_model_spec
-    from .models import resolve_model_source
+    from sampleattn.models.catalog import get_model_spec
+    from sampleattn.models.loading import resolve_model_source
 
     spec = get_model_spec(options.model)
     options.model = spec.name

@@ -120,7 +120,7 @@ class TrialWorker:
         if objective.needs_model:
             key = tuple(sorted((model_load or {}).items()))
             if self.model is None or self.model_key != key:
-                from .models import load_model
+                from sampleattn.models.loading import load_model
 
                 self.model, _ = load_model(**(model_load or {}), device=self.device)
                 self.model_key = key

@@ -5,23 +5,14 @@ needle-in-a-haystack essays, and needle-in-a-haystack retrieval, for SampleAtten
 alphas, a tuned profile, fixed-pattern baselines at matched density (`sampleattn.baselines`) and
 the per-row oracle. See `sampleattn.eval.runner` and ``docs/accuracy.md``.
 
-Nothing heavy is imported until a function is called.
+Nothing heavy is imported until a function is called (attributes load lazily, ``lazy_loader``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import lazy_loader
 
-__all__ = ["EvalSettings", "run_eval", "write_outputs"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("EvalSettings", "run_eval"):
-        from . import runner
-
-        return getattr(runner, name)
-    if name == "write_outputs":
-        from .report import write_outputs
-
-        return write_outputs
-    raise AttributeError(f"module 'sampleattn.eval' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "runner": ["EvalSettings", "run_eval"],
+    "report": ["write_outputs"],
+})

@@ -27,7 +27,7 @@ class ModelCache:
     DERIVABLE = ("llama", "qwen2")
 
     def __init__(self, settings: EvalSettings, log: Callable[[str], None], preloaded=None) -> None:
-        from sampleattn.tuner.catalog import get_model_spec
+        from sampleattn.models.catalog import get_model_spec
 
         self.settings = settings
         self.log = log
@@ -39,7 +39,7 @@ class ModelCache:
             self.models[repr(self._scaling(None))] = (model, tokenizer, None)
 
     def _scaling(self, length: int | None):
-        from sampleattn.tuner.models import rope_scaling_for
+        from sampleattn.models.loading import rope_scaling_for
 
         return rope_scaling_for(self.spec, length, self.settings.rope_scaling)
 
@@ -55,7 +55,7 @@ class ModelCache:
         return self.get(length)[1]
 
     def get(self, length: int):
-        from sampleattn.tuner.models import load_model
+        from sampleattn.models.loading import load_model
 
         scaling = self._scaling(length)
         key = repr(scaling)
@@ -80,7 +80,7 @@ class ModelCache:
         base's weights (the rotary tables are buffers of the new config, not copied)."""
         from transformers import AutoModelForCausalLM
 
-        from sampleattn.tuner.models import configure_rope
+        from sampleattn.models.loading import configure_rope
 
         config = copy.deepcopy(base.config)
         configure_rope(config, self.spec, max_length=length, method=self.settings.rope_scaling)

@@ -127,7 +127,7 @@ def run_eval(settings: EvalSettings, *, log: Callable[[str], None] = print,
     after every measured row (the CLI writes the results so far, so a cut-off run keeps them).
     ``start``: when the budget (``settings.budget_s``) began (default: now); ``clock`` its clock.
     """
-    from sampleattn.tuner.calibration import calibration_windows, essays_text
+    from sampleattn.models.text import calibration_windows, essays_text
 
     budget = Budget(settings.budget_s, start=start, clock=clock)
     not_run: list[dict[str, Any]] = []

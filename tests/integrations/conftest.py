@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def window_1k(smollm2, essays):
     """(1, 1024) int64 token ids: one window of the essays."""
-    from sampleattn.tuner.calibration import calibration_windows
+    from sampleattn.models.text import calibration_windows
 
     _, tokenizer = smollm2
     return calibration_windows(tokenizer, essays, 1024, 1, 0)[0].view(1, -1)

@@ -10,7 +10,7 @@ import pytest
 def make_store(path, profiles):
     """A profile store holding smollm2-135m's ``profiles`` ({length: profile dict})."""
     from sampleattn.store import ProfileStore
-    from sampleattn.tuner.catalog import get_model_spec
+    from sampleattn.models.catalog import get_model_spec
 
     spec = get_model_spec("smollm2-135m")
     with ProfileStore(path) as store:
@@ -154,8 +154,8 @@ def test_scaled_model_is_derived_from_the_loaded_weights(smollm2, essays):
     import torch
 
     from sampleattn.eval.runner import EvalSettings, ModelCache
-    from sampleattn.tuner.calibration import calibration_windows
-    from sampleattn.tuner.models import load_model
+    from sampleattn.models.loading import load_model
+    from sampleattn.models.text import calibration_windows
 
     model, tokenizer = smollm2
     cache = ModelCache(EvalSettings(), lambda m: None, (model, tokenizer))

@@ -1,30 +1,12 @@
-"""Fixtures of the tuner's tests: caches, an offline Hugging Face cache, a Ray cluster.
+"""Fixtures of the tuner's tests: a Ray cluster.
 
-The real SmolLM2 model (``smollm2``) and the essays (``essays``) come from tests/conftest.py,
-loaded once per session for every folder; nothing is mocked.
+The real SmolLM2 model (``smollm2``), the essays (``essays``) and an offline Hugging Face cache
+(``empty_hf_cache``) come from tests/conftest.py; nothing is mocked.
 """
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture
-def cache(tmp_path):
-    """An empty calibration cache in a temporary folder."""
-    from sampleattn.tuner.calibration import CalibrationCache
-
-    return CalibrationCache(tmp_path / "calibration")
-
-
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    """Point the Hugging Face cache at an empty folder and forbid the hub (offline)."""
-    hub = tmp_path / "hf-hub"
-    hub.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return hub
 
 
 @pytest.fixture(scope="session")

@@ -52,14 +52,14 @@ def test_end_to_end_real_model(smollm2, essays, ray_cluster, tmp_path):
     assert all(r.chosen.config.config.dense_below == 0 for r in report.lengths)
 
     # from_profile reads it back, checks the geometry, and runs on the real model's q/k/v.
-    from sampleattn.operator import Geometry, SampleAttention
+    from sampleattn import Geometry, SampleAttention
 
     cfg = model.config
     geometry = Geometry(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
                         cfg.hidden_size // cfg.num_attention_heads)
     attn = SampleAttention.from_profile(MODEL, 1024, store=str(store_path), geometry=geometry, backend="torch")
     assert attn.source.seq_len == 1024
-    from sampleattn.tuner.calibration import CalibrationCache
+    from sampleattn.models.calibration import CalibrationCache
 
     sample = CalibrationCache(tmp_path / "cache").get_or_capture(model, tokenizer, text=essays, length=1024, sample=0)
     layer = sample.layer(1, dtype=torch.float32)
@@ -112,7 +112,7 @@ def test_model_objective_on_real_model(smollm2, essays, tmp_path):
     """``--objective model``: KL and top-1 of the logits of a patched prefill vs full attention."""
     pytest.importorskip("sampleattn.integrations.transformers")
     from sampleattn.config import ModelAttentionProfile, SampleAttentionConfig
-    from sampleattn.tuner.calibration import CalibrationCache
+    from sampleattn.models.calibration import CalibrationCache
     from sampleattn.tuner.evaluate import ModelEvaluator
 
     model, tokenizer = smollm2

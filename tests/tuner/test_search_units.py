@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sampleattn.config import ModelAttentionProfile, SampleAttentionConfig
-from sampleattn.tuner.calibration import synthetic_calibration
+from sampleattn.models.samples import synthetic_calibration
 from sampleattn.tuner.evaluate import LayerEvaluator, estimate_sparse_ms
 from sampleattn.tuner.search_space import Budget, assign_per_layer, per_layer_profile
 

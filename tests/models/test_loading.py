@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-from sampleattn.tuner.catalog import get_model_spec
-from sampleattn.tuner.models import (
+from sampleattn.models.catalog import get_model_spec
+from sampleattn.models.loading import (
     ModelNotAvailableError,
     configure_rope,
     load_info,
@@ -60,7 +60,7 @@ def test_missing_model_never_reaches_transformers(tmp_path):
     """The failure comes from a file-system look-up: transformers (and the hub client) never run."""
     code = (
         "import sys\n"
-        "from sampleattn.tuner.models import load_model, ModelNotAvailableError\n"
+        "from sampleattn.models.loading import load_model, ModelNotAvailableError\n"
         "try:\n"
         "    load_model('internlm2')\n"
         "except ModelNotAvailableError as err:\n"

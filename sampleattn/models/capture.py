@@ -341,7 +341,7 @@ def _internlm2_patch(model: Any) -> Iterator[None]:
 def capture_method(model: Any) -> str:
     """The capture method for ``model``: its catalogue entry's, else guessed from ``config.model_type``."""
     from .catalog import get_model_spec
-    from .models import load_info
+    from .loading import load_info
 
     info = load_info(model)
     if info is not None:
@@ -377,7 +377,7 @@ def capture_qkv(
     """Run one prefill of ``model`` on ``input_ids`` and capture every layer's post-RoPE q, k, v.
 
     Args:
-        model: a causal LM from `models.load_model` (or any transformers model of a supported family).
+        model: a causal LM from `loading.load_model` (or any transformers model of a supported family).
         input_ids: ``(batch, seqlen)`` or ``(seqlen,)`` token ids, unpadded.
         layers: layer indices to keep (default: all). The prefill runs through every layer anyway.
         dtype: dtype to store the captured tensors in (default: the model's compute dtype). With

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from sampleattn.tuner.calibration import calibration_windows
-from sampleattn.tuner.capture import CAPTURE_IMPLEMENTATION, capture_qkv
+from sampleattn.models.text import calibration_windows
+from sampleattn.models.capture import CAPTURE_IMPLEMENTATION, capture_qkv
 
 LENGTH = 256
 

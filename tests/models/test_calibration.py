@@ -7,19 +7,18 @@ import time
 
 import pytest
 import torch
-from sampleattn.tuner.calibration import (
-    CalibrationCache,
+from sampleattn.geometry import Geometry
+from sampleattn.models.calibration import CalibrationCache, default_cache_root, logit_positions_for
+from sampleattn.models.capture import capture_qkv
+from sampleattn.models.catalog import get_model_spec
+from sampleattn.models.samples import synthetic_calibration
+from sampleattn.models.text import (
     calibration_windows,
-    default_cache_root,
     essays_text,
     load_calibration_file,
-    logit_positions_for,
-    synthetic_calibration,
     text_fingerprint,
     window_starts,
 )
-from sampleattn.tuner.capture import capture_qkv
-from sampleattn.tuner.catalog import AttentionGeometry, get_model_spec
 
 # -- text ------------------------------------------------------------------------------------
 
@@ -209,7 +208,7 @@ def test_synthetic_calibration():
     assert samples[0].logits is None and samples[0].input_ids is None
 
     by_tuple = synthetic_calibration((2, 8, 2, 32), 64, 1)[0]
-    assert by_tuple.geometry == AttentionGeometry(2, 8, 2, 32)
+    assert by_tuple.geometry == Geometry(2, 8, 2, 32)
     assert by_tuple.layer(1, dtype=torch.float16)["q"].dtype == torch.float16
     with pytest.raises(ValueError, match="geometry"):
         synthetic_calibration((2, 8, 2), 64, 1)

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from sampleattn.tuner.catalog import (
+from sampleattn.models.catalog import (
     CATALOG,
     DEFAULT_MODEL,
-    AttentionGeometry,
+    Geometry,
     UnknownModelError,
     get_model_spec,
     list_models,
@@ -46,8 +46,8 @@ def test_geometry(name, hf_id, layers, hq, hkv, d, hidden, context, method):
         d,
     )
     assert (spec.hidden, spec.trained_context, spec.capture.method) == (hidden, context, method)
-    assert spec.geometry == AttentionGeometry(layers, hq, hkv, d)
-    assert spec.group_size * spec.num_kv_heads == spec.num_q_heads
+    assert spec.geometry == Geometry(layers, hq, hkv, d)
+    assert spec.geometry.group_size * spec.num_kv_heads == spec.num_q_heads
     assert spec.remote_code == (method == "patch_core_attention")
     if spec.capture.method == "patch_core_attention":
         assert spec.capture.target  # the class whose instances are patched
@@ -85,17 +85,18 @@ def test_unknown_model_lists_known_names():
 
 def test_geometry_validation():
     with pytest.raises(ValueError, match="multiple"):
-        AttentionGeometry(2, 9, 4, 64)
+        Geometry(2, 9, 4, 64)
     with pytest.raises(ValueError, match="positive"):
-        AttentionGeometry(0, 8, 2, 64)
+        Geometry(0, 8, 2, 64)
 
 
 def test_imports_stay_light():
-    """Importing the tuner's data modules pulls in neither torch nor transformers."""
+    """Importing the models package and its modules pulls in neither torch nor transformers."""
     code = (
-        "import sys, sampleattn, sampleattn.tuner\n"
-        "import sampleattn.tuner.catalog, sampleattn.tuner.models, sampleattn.tuner.calibration\n"
-        "from sampleattn.tuner import get_model_spec, CATALOG\n"
+        "import sys, sampleattn, sampleattn.models\n"
+        "import sampleattn.models.catalog, sampleattn.models.loading, sampleattn.models.text\n"
+        "import sampleattn.models.samples, sampleattn.models.calibration\n"
+        "from sampleattn.models import get_model_spec, CATALOG, Geometry\n"
         "heavy = [m for m in ('torch', 'transformers', 'safetensors', 'gguf') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
