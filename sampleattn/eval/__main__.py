@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stage A's alpha of the re-scored selection (default 0.999)")
     run.add_argument("--rescore-stride", type=int, default=1,
                      help="one query block in every N ranks the candidates (default 1: every row)")
+    run.add_argument("--block-betas", type=_floats, default=[],
+                     help="beta of each block-rule row (sampleattn.rules.BlockRule), e.g. 0.95,0.99 ('' for none)")
+    run.add_argument("--block-window-ratio", type=float, default=0.02, help="the block rule's window ratio")
+    run.add_argument("--block-row-stride", type=int, default=1, help="the block rule's row_stride")
     run.add_argument("--estimator", action="store_true",
                      help="also the prototypes of sampleattn.eval.estimator (pooled, rescored_proto)")
     run.add_argument("--profile", "--profile-store", dest="profile", default=None,
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines=[b for b in args.baselines.split(",") if b], match_alphas=args.match_alphas,
         oracle_alphas=args.oracle_alphas, rescored_alphas=args.rescored_alphas,
         candidate_alpha=args.candidate_alpha, rescore_stride=args.rescore_stride, estimator=args.estimator,
+        block_betas=args.block_betas, block_window_ratio=args.block_window_ratio,
+        block_row_stride=args.block_row_stride,
         profile=args.profile, allow_synthetic=args.allow_synthetic, budget_s=args.budget_s,
         secondary_depths=args.secondary_depths, primary_alpha=args.primary_alpha,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,

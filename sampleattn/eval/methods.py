@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .settings import BASELINES, EvalSettings
 
-__all__ = ["MethodSpec", "SkipMethod", "TunedProfiles", "method_specs", "rescored_available", "rescored_name",
+__all__ = ["MethodSpec", "SkipMethod", "TunedProfiles", "block_name", "method_specs", "rescored_available", "rescored_name",
            "sa_name"]
 
 #: Tiers of the run order (see `sampleattn.eval.runner`).
@@ -42,6 +42,10 @@ class MethodSpec:
 
 def sa_name(alpha: float) -> str:
     return f"sample_attention a={alpha:g}"
+
+
+def block_name(beta: float, window_ratio: float) -> str:
+    return f"block b={beta:g} w={window_ratio:g}"
 
 
 def rescored_name(alpha: float, candidate_alpha: float = 0.999, stride: int = 1) -> str:
@@ -137,6 +141,13 @@ def method_specs(settings: EvalSettings, *, tuned: TunedProfiles | None = None) 
 
         specs.append(MethodSpec(rescored_name(alpha, settings.candidate_alpha, settings.rescore_stride),
                                 "sample_attention_rescored", alpha, build_rescored, tier=TIER_ALPHAS))
+    for beta in settings.block_betas:
+        from sampleattn.rules import BlockRule
+
+        cfg = SampleAttentionConfig(window_ratio=settings.block_window_ratio, dense_below=0,
+                                    selection=BlockRule(beta=beta, row_stride=settings.block_row_stride))
+        specs.append(MethodSpec(block_name(beta, settings.block_window_ratio), "block_rule", None,
+                                lambda _t, _n, cfg=cfg: SampleAttention(cfg, backend=backend), tier=TIER_ALPHAS))
     if settings.profile:
         tuned = tuned or TunedProfiles(settings)
         specs.append(MethodSpec("tuned", "tuned", None, lambda _t, n: tuned.operator(n), tier=TIER_ALPHAS))
