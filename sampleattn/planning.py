@@ -171,6 +171,8 @@ class PlanSetup:
     segment_rows: int
     rows: SampledRows
     min_window: int
+    #: the largest difference of two windows of one selection group (host int: no device read)
+    window_spread: int
     alpha_sel_dev: torch.Tensor
     reach_dev: torch.Tensor
     n_counted_dev: torch.Tensor
@@ -223,6 +225,8 @@ def _shape_setup(
     alpha, window = head_parameters(config, nheads_q, seqlen_k, dict(head_items))
     segment_rows = segment_rows_for(config, seqlen_q)
     min_window = int(window.min())
+    groups = window.view(-1, q_per_sel)
+    window_spread = int((groups.max(dim=1).values - groups.min(dim=1).values).max())
     rows = choose_sampled_rows(
         seqlen_q, seqlen_k, n_rows=config.sampled_rows(seqlen_q), min_window=min_window,
         block=config.sample_block, segment_rows=segment_rows, device=device,
@@ -235,7 +239,7 @@ def _shape_setup(
     extras = config.selection.shape_setup(config, alpha=alpha, window=window, q_per_sel=q_per_sel,
                                           head_dim=head_dim, seqlen_q=seqlen_q, seqlen_k=seqlen_k, device=device)
     return {"q_per_sel": q_per_sel, "alpha": alpha, "window": window, "window_dev": window_dev,
-            "segment_rows": segment_rows, "rows": rows, "min_window": min_window,
+            "segment_rows": segment_rows, "rows": rows, "min_window": min_window, "window_spread": window_spread,
             "alpha_sel_dev": selection_alpha(alpha, q_per_sel).to(device), "reach_dev": reach.to(device),
             "n_counted_dev": n_counted, "extras": extras}
 
@@ -317,10 +321,8 @@ def make_plan(
     nonfinite_rows = None
     if finite is not None:
         nonfinite_rows = (_real_slots(setup.shape_key) & ~finite).sum(dim=-1, dtype=torch.int32)
-    groups = setup.window.view(-1, setup.q_per_sel)  # on the host: no synchronisation
-    spread = int((groups.max(dim=1).values - groups.min(dim=1).values).max())
     density = density_per_head(col_idx, col_count, setup.window_dev, segment_rows=setup.segment_rows,
-                               blocks=blocks, window_spread=spread, **setup.shape)
+                               blocks=blocks, window_spread=setup.window_spread, **setup.shape)
     return SparsePlan(
         batch=setup.batch, seqlen_q=setup.seqlen_q, seqlen_k=setup.seqlen_k, nheads_q=setup.nheads_q,
         nheads_kv=setup.nheads_kv, gqa_granularity=config.gqa_granularity, segment_rows=setup.segment_rows,
