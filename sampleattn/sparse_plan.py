@@ -125,25 +125,9 @@ class SparsePlan:
 
     def to_dense(self) -> torch.Tensor:
         """The mask as a dense bool tensor (B, Hq, Sq, Sk). For small inputs and tests only."""
-        device = self.col_idx.device
-        offset = self.seqlen_k - self.seqlen_q
-        pos = offset + torch.arange(self.seqlen_q, device=device).view(1, 1, -1, 1)
-        j = torch.arange(self.seqlen_k, device=device).view(1, 1, 1, -1)
-        w = self.window.to(device, torch.int64).view(1, -1, 1, 1)
-        in_window = (j <= pos) & (j > pos - w)
-        member = torch.zeros(self.batch, self.nheads_sel, self.n_segments, self.seqlen_k + 1,
-                             dtype=torch.bool, device=device)
-        member.scatter_(3, self.col_idx.to(torch.int64), True)
-        member = member[..., : self.seqlen_k]  # drop the padding sentinel
-        member = member.repeat_interleave(self.q_per_sel, dim=1)  # (B, Hq, n_seg, Sk)
-        segment = (torch.arange(self.seqlen_q, device=device) // self.segment_rows)
-        stripes = member[:, :, segment, :] & (j <= pos)
-        mask = in_window | stripes
-        if self.blocks is not None:
-            chosen = self.blocks.member(self.seqlen_k).repeat_interleave(self.q_per_sel, dim=1)
-            qblock = torch.arange(self.seqlen_q, device=device) // self.blocks.block_rows
-            mask = mask | (chosen[:, :, qblock, :] & (j <= pos))
-        return mask
+        from .reference import plan_mask_rows
+
+        return plan_mask_rows(self, torch.arange(self.seqlen_q, device=self.col_idx.device))
 
     def __repr__(self) -> str:
         n_sel = self.n_selected.to(torch.float32)
