@@ -60,8 +60,10 @@ def test_leaves_a_server_that_was_already_running(pg) -> None:
 
 def test_ctrl_c_stops_the_server(pg) -> None:
     env, data, port = pg
+    # A shell started as a background job without job control ignores SIGINT, and so would the
+    # wrapper it starts: give the wrapper the default disposition, as a terminal's foreground has.
     proc = subprocess.Popen(["bash", str(WRAPPER), "sleep", "60"], env=env, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not _running(data) or not _sleeping(proc.pid):
         assert time.monotonic() < deadline, "the server did not start"
