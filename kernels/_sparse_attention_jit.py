@@ -115,7 +115,8 @@ def sparse_attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr, LSE_ONLY: tl.constexpr,
     COMPACT: tl.constexpr, HAS_BLOCKS: tl.constexpr, KEY_BLOCK: tl.constexpr, SKIP_COLUMNS: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, query head).
+    """One program: BLOCK_M query rows of one (batch, query head); the grid is
+    (launched query blocks * q_per_kv, batch * Hkv).
 
     Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); LSE (B, Hq, Sq) fp32;
     COL_IDX (B, Hsel, n_seg, kmax) int32, ascending; COL_END (B, Hq, n_mblocks) int32, the
@@ -134,10 +135,17 @@ def sparse_attention_fwd_kernel(
     nonzero for selected columns (read with ``SKIP_COLUMNS``).
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
-    pid_m = tl.program_id(0) * m_stride + m_first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // nheads_q).to(tl.int64)
-    h = pid_bh % nheads_q
+    # Program order: the query heads that share a KV head run side by side on the same query
+    # block, so the key tiles one of them loads are still in L2 for the others (stage 3 at
+    # long lengths streams more keys than L2 holds); and the last query blocks, which see the
+    # most keys, start first, so the short ones fill the tail of the launch.
+    pid_q = tl.program_id(0)
+    n_launched = tl.num_programs(0) // q_per_kv
+    pid_m = (n_launched - 1 - pid_q // q_per_kv) * m_stride + m_first
+    pid_bkv = tl.program_id(1)
+    nheads_kv = nheads_q // q_per_kv
+    b = (pid_bkv // nheads_kv).to(tl.int64)
+    h = (pid_bkv % nheads_kv) * q_per_kv + pid_q % q_per_kv
     kv_h = (h // q_per_kv).to(tl.int64)
     sel_h = (h // q_per_sel).to(tl.int64)
     h64 = h.to(tl.int64)

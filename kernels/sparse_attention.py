@@ -192,9 +192,9 @@ def sparse_attention_fwd(
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     _, seqlen_k, nheads_kv, _ = k.shape
-    if batch * nheads_q > MAX_GRID_Y:
+    if batch * nheads_kv > MAX_GRID_Y:
         raise ValueError(
-            f"batch * nheads_q = {batch * nheads_q} exceeds the CUDA grid limit {MAX_GRID_Y}; "
+            f"batch * nheads_kv = {batch * nheads_kv} exceeds the CUDA grid limit {MAX_GRID_Y}; "
             "split the batch into smaller calls"
         )
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -258,7 +258,8 @@ def sparse_attention_fwd(
     else:  # unused by the kernel
         blk_idx, blk_all, blk_end, member = col_idx, col_all, col_end, col_idx
         blk_strides, member_strides = (0, 0, 0), (0, 0)
-    grid = (triton.cdiv(n_mblocks - m_first, m_stride), batch * nheads_q)
+    # The query heads of one KV head vary fastest (see the kernel's program order).
+    grid = (triton.cdiv(n_mblocks - m_first, m_stride) * q_per_kv, batch * nheads_kv)
     sparse_attention_fwd_kernel[grid](
         q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel, blk_idx, blk_end, blk_all, member,
         batch_stride(q), q.stride(1), q.stride(2),

@@ -141,12 +141,12 @@ def test_gqa_mapping_and_per_head_windows(nheads_q, nheads_kv):
 
 
 def test_grid_limit_is_explicit():
-    """batch * heads beyond the CUDA grid's y limit is refused with a message, never skipped."""
+    """batch * KV heads beyond the CUDA grid's y limit is refused with a message, never skipped."""
     from sampleattn.kernels import MAX_GRID_Y, sparse_attention_fwd
 
     heads = MAX_GRID_Y + 1
     q = torch.randn(1, 1, heads, 64, device=DEVICE, dtype=torch.float16)
-    k = torch.randn(1, 1, 1, 64, device=DEVICE, dtype=torch.float16)
+    k = torch.randn(1, 1, heads, 64, device=DEVICE, dtype=torch.float16)
     col_idx = torch.ones(1, heads, 1, 1, dtype=torch.int32, device=DEVICE)
     window = torch.ones(heads, dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match="grid limit"):
