@@ -55,6 +55,9 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.98 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.98, row_stride=2))),
     ("block b0.99 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.99, row_stride=2))),
     ("block b0.99 w2% rows/2 kb64", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, key_block=64))),
+    # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
+    ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),
+                                                 dense_above=0.7)),
     # 1M tokens: the paper's rule at its 1M setting, the block rule at narrow windows
     ("1m sampled a0.95 w1% s1%", _config(0.95, 0.01, 0.01)),
     ("1m block b0.95 w1%", _config(0.9, 0.01, 0.01, BlockRule(beta=0.95))),
@@ -74,10 +77,36 @@ PEERS = [("MInference vertical-slash, as released", "vertical_slash", "released"
          ("FlexPrefill, gamma 0.99", "flexprefill", "gamma0.99")]
 
 
+def _random_qkv(geometry, seqlen: int, *, dtype, device):
+    """i.i.d. standard normal q, k, v: attention without sinks, stripes or locality."""
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, seqlen, geometry.nheads_q, geometry.head_dim, device=device, generator=g, dtype=dtype)
+    k, v = (torch.randn(1, seqlen, geometry.nheads_kv, geometry.head_dim, device=device, generator=g, dtype=dtype)
+            for _ in range(2))
+    return q, k, v
+
+
+def _dense_synthetic_qkv(geometry, seqlen: int, *, dtype, device):
+    """The structured generator with a quarter of the key columns as stripes: a plan that keeps
+    most pairs."""
+    from .harness import make_inputs
+
+    return make_inputs(geometry, seqlen, 1, "synthetic", density=0.25, dtype=dtype, device=device)
+
+
+#: Inputs without real heads, for the "never slower than dense" check.
+UNSTRUCTURED = {"synthetic": _dense_synthetic_qkv, "random": _random_qkv}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sampleattn.bench.rules_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--length", default="128k")
-    parser.add_argument("--bands", default="mid,late", help="SmolLM2 layer bands: mid (layer 14), late (24)")
+    parser.add_argument("--bands", default="mid,late",
+                        help="SmolLM2 layer bands: mid (layer 14), late (24); and inputs without real heads: "
+                             "synthetic (the structured generator with a quarter of the columns as stripes: a "
+                             "dense plan), random (i.i.d. Gaussian q, k, v: no structure at all)")
     parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all but the 1M settings, whose names start with '1m ')")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--error-rows", type=int, default=256)
@@ -102,9 +131,9 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
 
     bands = {"mid": 14, "late": 24}
     wanted = [b.strip() for b in args.bands.split(",") if b.strip()]
-    unknown = [b for b in wanted if b not in bands]
+    unknown = [b for b in wanted if b not in bands and b not in UNSTRUCTURED]
     if unknown:
-        raise SystemExit(f"rules_bench: unknown bands {unknown}; choose from {', '.join(bands)}")
+        raise SystemExit(f"rules_bench: unknown bands {unknown}; choose from {', '.join([*bands, *UNSTRUCTURED])}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
@@ -119,11 +148,15 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     methods = [operator_method(n, c) for n, c in chosen] + [as_method(m) for m in (extra_methods or [])]
     if args.peers:
         methods += [peer_method(peer, preset, name) for name, peer, preset in PEERS]
-    layer_sets = {b: h.smollm2_layers_for(geometry, bands[b]) for b in wanted}
-    captured = h.capture_smollm2(seqlen, sorted({x for s in layer_sets.values() for x in s}), device=device)
-    dtype = torch.float32 if args.dry_run else None  # the interpreter gets bf16 wrong
-    inputs = {b: functools.partial(h.smollm2_to_geometry, captured, layer_sets[b], geometry,
-                                   **({"dtype": dtype} if dtype else {})) for b in wanted}
+    layer_sets = {b: h.smollm2_layers_for(geometry, bands[b]) for b in wanted if b in bands}
+    dtype = torch.float32 if args.dry_run else torch.bfloat16  # the interpreter gets bf16 wrong
+    inputs = {}
+    if layer_sets:
+        captured = h.capture_smollm2(seqlen, sorted({x for s in layer_sets.values() for x in s}), device=device)
+        inputs = {b: functools.partial(h.smollm2_to_geometry, captured, layer_sets[b], geometry, dtype=dtype)
+                  for b in layer_sets}
+    inputs.update({b: functools.partial(UNSTRUCTURED[b], geometry, seqlen, dtype=dtype, device=device)
+                   for b in wanted if b in UNSTRUCTURED})
     (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
                                                   "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
     configs = {n: json.loads(c.model_dump_json()) for n, c in chosen}
