@@ -55,6 +55,12 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.98 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.98, row_stride=2))),
     ("block b0.99 w1% rows/2", _config(0.9, 0.01, 0.05, BlockRule(beta=0.99, row_stride=2))),
     ("block b0.99 w2% rows/2 kb64", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, key_block=64))),
+    # squared shares (BlockRule.share_power=2): a block one row needs ranks by how much it needs it
+    ("block b0.95 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.95, row_stride=2, share_power=2))),
+    ("block b0.97 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97, row_stride=2, share_power=2))),
+    ("block b0.98 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, row_stride=2, share_power=2))),
+    ("block b0.99 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, share_power=2))),
+    ("block b0.99 w2% p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, share_power=2))),
     # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
     ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),
                                                  dense_above=0.7)),
@@ -67,6 +73,9 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("1m block b0.99 w1% rows/4", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, row_stride=4))),
     ("1m block b0.98 w0.5% rows/4", _config(0.9, 0.005, 0.01, BlockRule(beta=0.98, row_stride=4))),
     ("1m block b0.99 w0.5% rows/4", _config(0.9, 0.005, 0.01, BlockRule(beta=0.99, row_stride=4))),
+    ("1m block b0.97 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.97, row_stride=4, share_power=2))),
+    ("1m block b0.98 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, row_stride=4, share_power=2))),
+    ("1m block b0.99 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, row_stride=4, share_power=2))),
 ]
 
 #: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's

@@ -9,7 +9,8 @@ visible to the row (a block of n keys with the same logit holds n times one key'
 program takes a block of BLOCK_M query rows and the GROUP query heads of one selection head:
 a first pass gets each (row, head)'s log-sum-exp over the pooled keys (written to a scratch
 buffer), a second sums the shares over the rows and heads, one tile of pooled keys at a time.
-No atomics: the sums are deterministic. With ``ROW_STRIDE`` s > 1 only every s-th row of the
+With ``POWER`` p > 1 it sums the shares' p-th powers: a block one row needs strongly then
+outranks one that many rows need a little. No atomics: the sums are deterministic. With ``ROW_STRIDE`` s > 1 only every s-th row of the
 block is scored (the last row of each group of s, which sees the group's keys), for 1 / s of
 the cost.
 """
@@ -59,9 +60,9 @@ def _lse_step(m_i, l_i, t):
 def _share_tile(Q, KBAR, LSE, b, sel, c0, offs_m, m_mask, pos, offs_d, d_mask, seqlen_k, qk_scale, n_kblocks, q_per_kv,
                 stride_qb, stride_qm, stride_qh, stride_pb, stride_pn, stride_ph, stride_lb, stride_lh,
                 BLOCK_C: tl.constexpr, KEY_BLOCK: tl.constexpr, GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                WHOLE: tl.constexpr):
-    """(BLOCK_C,) the shares of pooled blocks ``c0 + arange(BLOCK_C)`` summed over the rows and
-    the GROUP heads (each row's log-sum-exp read back from LSE)."""
+                WHOLE: tl.constexpr, POWER: tl.constexpr):
+    """(BLOCK_C,) the shares of pooled blocks ``c0 + arange(BLOCK_C)`` to the power POWER, summed
+    over the rows and the GROUP heads (each row's log-sum-exp read back from LSE)."""
     offs_c = c0 + tl.arange(0, BLOCK_C)
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for g in range(GROUP):
@@ -72,7 +73,7 @@ def _share_tile(Q, KBAR, LSE, b, sel, c0, offs_m, m_mask, pos, offs_d, d_mask, s
         kbar_base = KBAR + b * stride_pb + (h // q_per_kv) * stride_ph
         t = _pooled_logits(q, kbar_base, stride_pn, offs_c, pos, offs_d, d_mask, seqlen_k, qk_scale, n_kblocks,
                            KEY_BLOCK=KEY_BLOCK, DOT_PRECISION=DOT_PRECISION, WHOLE=WHOLE)
-        acc += tl.sum(tl.exp2(t - lse[:, None]), 0)
+        acc += tl.sum(tl.exp2((t - lse[:, None]) * POWER), 0)  # share ** POWER, in the log2 domain
     return acc
 
 
@@ -87,13 +88,15 @@ def block_scores_kernel(
     nheads_q, seqlen_q, seqlen_k, n_kblocks, qk_scale, q_per_kv,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     KEY_BLOCK: tl.constexpr, GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROW_STRIDE: tl.constexpr,
+    POWER: tl.constexpr,
 ):
     """One program: query block ``program_id(0)`` of BLOCK_M rows, selection head ``program_id(1)``;
     it scores BLOCK_M // ROW_STRIDE of the rows.
 
     Shapes: Q (B, Sq, Hq, D); KBAR (B, n_kblocks, Hkv, D) mean-pooled keys; LSE (B, Hq, Sq) fp32
-    scratch; SCORES (B, Hsel, n_qblocks, n_kblocks) fp32, entry (b, s, t, c) the summed share of
-    block c over the rows of query block t and the GROUP query heads of selection head s.
+    scratch; SCORES (B, Hsel, n_qblocks, n_kblocks) fp32, entry (b, s, t, c) the summed share (to
+    the power POWER) of block c over the rows of query block t and the GROUP query heads of
+    selection head s.
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     tl.static_assert(BLOCK_M // ROW_STRIDE >= 16)
@@ -141,13 +144,13 @@ def block_scores_kernel(
         acc = _share_tile(Q, KBAR, LSE, b, sel, c0, offs_m, m_mask, pos, offs_d, d_mask, seqlen_k, qk_scale,
                           n_kblocks, q_per_kv, stride_qb, stride_qm, stride_qh, stride_pb, stride_pn, stride_ph,
                           stride_lb, stride_lh, BLOCK_C=BLOCK_C, KEY_BLOCK=KEY_BLOCK, GROUP=GROUP,
-                          DOT_PRECISION=DOT_PRECISION, WHOLE=True)
+                          DOT_PRECISION=DOT_PRECISION, WHOLE=True, POWER=POWER)
         tl.store(score_base + c0 + tl.arange(0, BLOCK_C), acc)
     for c0 in range(n_whole, n_visible, BLOCK_C):
         acc = _share_tile(Q, KBAR, LSE, b, sel, c0, offs_m, m_mask, pos, offs_d, d_mask, seqlen_k, qk_scale,
                           n_kblocks, q_per_kv, stride_qb, stride_qm, stride_qh, stride_pb, stride_pn, stride_ph,
                           stride_lb, stride_lh, BLOCK_C=BLOCK_C, KEY_BLOCK=KEY_BLOCK, GROUP=GROUP,
-                          DOT_PRECISION=DOT_PRECISION, WHOLE=False)
+                          DOT_PRECISION=DOT_PRECISION, WHOLE=False, POWER=POWER)
         offs_c = c0 + tl.arange(0, BLOCK_C)
         tl.store(score_base + offs_c, acc, mask=offs_c < n_kblocks)
     # Blocks no row of this query block sees score 0.

@@ -34,8 +34,8 @@ def pooled_keys(k: torch.Tensor, key_block: int) -> torch.Tensor:
 
 def block_scores(
     q: torch.Tensor, k: torch.Tensor, *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
-    kbar: torch.Tensor | None = None, row_stride: int = 1, block_c: int = 64, num_warps: int | None = None,
-    num_stages: int = 2,
+    kbar: torch.Tensor | None = None, row_stride: int = 1, share_power: int = 1, block_c: int = 64,
+    num_warps: int | None = None, num_stages: int = 2,
 ) -> torch.Tensor:
     """Estimated mass of every key block for every query block.
 
@@ -46,11 +46,13 @@ def block_scores(
         kbar: the pooled keys (`pooled_keys`), if already made.
         row_stride: score one row in every ``row_stride`` of each query block (the last of each
             group, or the last query row); ``block_rows // row_stride`` must be at least 16.
+        share_power: sum each row's shares raised to this power (1: the shares themselves).
     Returns:
         (B, Hsel, n_qblocks, n_kblocks) fp32: entry (b, s, t, c) is the sum over the scored rows
         of query block t and the query heads of selection head s of each row's softmax share of
         block c (the logit of a block is ``scale * q . kbar_c + ln(visible keys of c)``). A row's
-        shares sum to 1, so a query block's entries sum to its scored (row, head) pairs.
+        shares sum to 1, so a query block's entries sum to its scored (row, head) pairs (with
+        ``share_power`` 1).
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
@@ -61,6 +63,8 @@ def block_scores(
     n_sel = nheads_q // q_per_sel
     if row_stride < 1 or block_rows % row_stride or block_rows // row_stride < 16:
         raise ValueError(f"row_stride={row_stride} must divide block_rows={block_rows} and leave at least 16 rows")
+    if share_power < 1:
+        raise ValueError(f"share_power={share_power} must be a positive integer")
     if batch * n_sel > 65_535:
         raise ValueError(f"batch * selection heads = {batch * n_sel} exceeds the CUDA grid limit 65535; "
                          "split the batch")
@@ -77,7 +81,7 @@ def block_scores(
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=block_c, KEY_BLOCK=key_block,
-        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, num_warps=num_warps,
+        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, POWER=share_power, num_warps=num_warps,
         num_stages=num_stages,
     )
     return scores

@@ -228,6 +228,54 @@ def test_block_scores_of_every_few_rows_match_the_reference(row_stride):
     assert torch.allclose(got.sum(-1)[0, 0].cpu(), 2.0 * torch.ceil(rows / row_stride), atol=1e-3)
 
 
+@pytest.mark.parametrize("row_stride", [1, 2])
+def test_squared_shares_match_the_reference(row_stride):
+    """``share_power=2``: the kernel sums each row's squared shares, as the reference does; a
+    query block's entries then sum to less than its scored pairs (a row's squares sum to at
+    most 1), and to exactly that where a row puts all its mass on one block."""
+    q, k, _ = qkv(1, 203, 330, 4, 2, 64, DTYPES[1], seed=6)
+    kw = dict(key_block=32, block_rows=64, q_per_sel=2, scale=0.125, row_stride=row_stride)
+    got = block_scores(q, k, share_power=2, **kw)
+    torch.testing.assert_close(got, block_scores_ref(q, k, share_power=2, **kw), atol=1e-4, rtol=1e-3)
+    plain = block_scores(q, k, **kw)
+    assert bool((got.sum(-1) <= plain.sum(-1) + 1e-4).all()) and bool((got.sum(-1) < plain.sum(-1)).any())
+
+
+def test_squared_shares_plan_matches_the_reference_plan():
+    """The operator's plan with ``share_power=2`` against the plain-PyTorch plan (fp32, GQA 2,
+    Sq < Sk), and its output against dense attention under its mask."""
+    q, k, v = qkv(1, 230, 300, 4, 2, 64, torch.float32, seed=9)
+    config = cfg(BlockRule(beta=0.6, key_block=32, share_power=2), gqa_granularity="kv_head")
+    p, p_ref = plan(q, k, config), plan_ref(q, k, config)
+    assert torch.equal(p.blocks.blk_idx, p_ref.blocks.blk_idx)
+    assert 0 < p.mean_density < 1
+    assert rel_err(sparse_attention(q, k, v, p), attention_ref(q, k, v, mask=p.to_dense())) < 1e-4
+
+
+def test_squared_shares_rank_a_block_one_row_needs_above_a_block_every_row_shares():
+    """Two candidate blocks past the sink: block 1 holds all of one row's mass, block 2 a little
+    of every other row's. At beta 0.99 summed shares keep block 2 only, and row 0 loses all its
+    mass; squared shares (at the rule's mapped target) keep block 1."""
+    from sampleattn.rules.block import select_key_blocks_ref
+
+    rows = 128
+    share = torch.zeros(rows, 4)
+    share[:, 0] = 0.9  # the sink block, forced
+    share[:, 2] = 0.02  # a little of every row
+    share[0, 1], share[0, 0], share[0, 2] = 1.0, 0.0, 0.0  # all of row 0
+    share[1:, 3] = 1.0 - share[1:, :3].sum(-1)  # the window's block
+    cand = torch.tensor([[3]])
+    kept = {}
+    for power in (1, 2):
+        rule = BlockRule(beta=0.99, share_power=power)
+        assert rule.selection_target == pytest.approx(1 - 0.01 ** power)
+        scores = (share ** power).sum(0).view(1, 1, 1, 4)
+        idx, count = select_key_blocks_ref(scores, cand, rule.selection_target, sink_blocks=1, width=16)
+        kept[power] = idx[0, 0, 0, 1:count.item()].tolist()  # past the sink
+    assert kept[1] == [2]
+    assert 1 in kept[2]
+
+
 def test_row_stride_is_checked_against_the_query_block():
     with pytest.raises(ValueError, match="power of two"):
         BlockRule(row_stride=3)

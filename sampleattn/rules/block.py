@@ -55,6 +55,11 @@ class BlockRule(SelectionRule):
             row_stride`` at least 16): the estimate costs ``1 / row_stride`` as much. Rows of a
             block mostly want the same key blocks, and at 1M tokens the estimate is a large
             part of the plan.
+        share_power: rank and accumulate the blocks by the sum over the rows of each row's
+            share to this power, up to ``1 - (1 - beta) ** share_power`` of the query block's
+            total (`selection_target`), so that a beta keeps about the same density. With 1 a
+            block only one row of the 128 needs sums to at most 1/128 of the total and falls
+            in the dropped tail; squares rank it by how much that row needs it.
     """
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
@@ -64,6 +69,7 @@ class BlockRule(SelectionRule):
     stripes: bool = Field(False, description="whether the paper's stripe columns (at the config's alpha) are kept too")
     sink_blocks: int = Field(1, ge=0, description="how many leading key blocks every query block keeps")
     row_stride: int = Field(1, ge=1, le=8, description="the estimate scores one query row in every row_stride, a power of two")
+    share_power: int = Field(1, ge=1, le=4, description="the power of each row's block shares before they are summed and selected")
 
     @field_validator("key_block", "row_stride")
     @classmethod
@@ -86,9 +92,18 @@ class BlockRule(SelectionRule):
     def hash_fields(self) -> dict[str, Any]:
         fields = {"selection": self.name, "beta": self.beta, "key_block": self.key_block, "stripes": self.stripes,
                   "sink_blocks": self.sink_blocks}
-        if self.row_stride != 1:  # profiles of every row keep the hash they were stored with
+        # fields added later enter the hash only away from their default, so that stored
+        # profiles keep the hash they were stored with
+        if self.row_stride != 1:
             fields["row_stride"] = self.row_stride
+        if self.share_power != 1:
+            fields["share_power"] = self.share_power
         return fields
+
+    @property
+    def selection_target(self) -> float:
+        """The share of each query block's summed (powered) scores that the selection keeps."""
+        return 1.0 - (1.0 - self.beta) ** self.share_power
 
     def shape_setup(self, config, *, alpha, window, q_per_sel, head_dim, seqlen_q, seqlen_k, device) -> dict:
         return {"candidates": candidate_blocks(window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_rows=config.block_m,
@@ -106,7 +121,7 @@ class BlockRule(SelectionRule):
             col_idx = torch.full((setup.batch, setup.nheads_q // setup.q_per_sel, 1, 16),
                                  setup.seqlen_k, dtype=torch.int32, device=q.device)
             col_count = torch.zeros(col_idx.shape[:3], dtype=torch.int32, device=q.device)
-        blocks = select_blocks(scores, setup.extras["candidates"], self.beta, block_rows=config.block_m,
+        blocks = select_blocks(scores, setup.extras["candidates"], self.selection_target, block_rows=config.block_m,
                                key_block=self.key_block, has_columns=self.stripes, sink_blocks=self.sink_blocks,
                                kernel=kernel)
         plan = make_plan(setup, config, stats, col_idx, col_count, reports=False, keep_scores=keep_scores,
@@ -122,7 +137,7 @@ class BlockRule(SelectionRule):
 
         stats = row_statistics(setup, q, k, reports=reports) if self.stripes else None
         scores = block_scores(q, k, key_block=self.key_block, block_rows=config.block_m, q_per_sel=setup.q_per_sel,
-                              scale=setup.scale, row_stride=self.row_stride)
+                              scale=setup.scale, row_stride=self.row_stride, share_power=self.share_power)
 
         def retained_of(plan):
             if stats is not None:
@@ -140,7 +155,8 @@ class BlockRule(SelectionRule):
 
         stats = row_statistics_ref(setup, q, k) if self.stripes else None
         scores = block_scores_ref(q, k, key_block=self.key_block, block_rows=config.block_m,
-                                  q_per_sel=setup.q_per_sel, scale=setup.scale, row_stride=self.row_stride)
+                                  q_per_sel=setup.q_per_sel, scale=setup.scale, row_stride=self.row_stride,
+                                  share_power=self.share_power)
 
         def retained_of(plan):
             return _retained_reference(setup, q, k, plan)
@@ -160,6 +176,7 @@ class BlockRule(SelectionRule):
         return {"beta": trial.suggest_float("beta", 0.8, 0.998),
                 "key_block": trial.suggest_categorical("key_block", [64, 128]),
                 "row_stride": trial.suggest_categorical("row_stride", [1, 2, 4]),
+                "share_power": trial.suggest_categorical("share_power", [1, 2]),
                 "stripes": trial.suggest_categorical("stripes", [True, False])}
 
 
@@ -256,7 +273,7 @@ def select_key_blocks_ref(
 
 def block_scores_ref(
     q: "torch.Tensor", k: "torch.Tensor", *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
-    row_stride: int = 1,
+    row_stride: int = 1, share_power: int = 1,
 ) -> "torch.Tensor":
     """Plain-PyTorch oracle of `sampleattn.kernels.block_scores` (same arguments and output):
     (B, Hsel, n_qblocks, n_kblocks) fp32. Memory O(Sq * n_kblocks) per head."""
@@ -275,7 +292,7 @@ def block_scores_ref(
     size = torch.clamp(seqlen_k - first, max=key_block)
     visible = torch.minimum(pos - first + 1, size)
     logits = torch.where(visible > 0, logits + torch.log(visible.clamp(min=1).float()), float("-inf"))
-    share = torch.softmax(logits, dim=-1)  # every row sees block 0: no row is all -inf
+    share = torch.softmax(logits, dim=-1) ** share_power  # every row sees block 0: no row is all -inf
     n_qb = -(-seqlen_q // block_rows)
     # the scored rows: the last of each group of row_stride rows, or the last query row
     group_first = torch.arange(0, n_qb * block_rows, row_stride, device=q.device)
