@@ -33,3 +33,14 @@ def test_entry_point_answers_help(name: str, capsys: pytest.CaptureFixture[str])
         main(["--help"])
     assert exit_info.value.code == 0
     assert name in capsys.readouterr().out  # the parser's prog is the script's name
+
+
+def test_eval_refuses_a_run_without_the_reference_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """No alpha leaves no reference row to match the baselines to: a usage error that says so,
+    before any model is loaded."""
+    from sampleattn.eval.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--alphas", "", "--out", "unused"])
+    assert stop.value.code == 2
+    assert "--alphas needs at least one alpha" in capsys.readouterr().err

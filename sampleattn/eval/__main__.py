@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="beta of each block-rule row (sampleattn.rules.BlockRule), e.g. 0.95,0.99 ('' for none)")
     run.add_argument("--block-window-ratio", type=float, default=0.02, help="the block rule's window ratio")
     run.add_argument("--block-row-stride", type=int, default=1, help="the block rule's row_stride")
+    run.add_argument("--block-share-power", type=int, default=1, help="the block rule's share_power")
     run.add_argument("--estimator", action="store_true",
                      help="also the prototypes of sampleattn.eval.estimator (pooled, rescored_proto)")
     run.add_argument("--profile", "--profile-store", dest="profile", default=None,
@@ -104,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.alphas:
+        parser.error("--alphas needs at least one alpha: the paper's rule is the reference row, and the "
+                     "baselines are matched to its density")
     from .report import load_results, merge_results, write_outputs
 
     if args.command == "report":
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         oracle_alphas=args.oracle_alphas, rescored_alphas=args.rescored_alphas,
         candidate_alpha=args.candidate_alpha, rescore_stride=args.rescore_stride, estimator=args.estimator,
         block_betas=args.block_betas, block_window_ratio=args.block_window_ratio,
-        block_row_stride=args.block_row_stride,
+        block_row_stride=args.block_row_stride, block_share_power=args.block_share_power,
         profile=args.profile, allow_synthetic=args.allow_synthetic, budget_s=args.budget_s,
         secondary_depths=args.secondary_depths, primary_alpha=args.primary_alpha,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,

@@ -44,8 +44,8 @@ def sa_name(alpha: float) -> str:
     return f"sample_attention a={alpha:g}"
 
 
-def block_name(beta: float, window_ratio: float) -> str:
-    return f"block b={beta:g} w={window_ratio:g}"
+def block_name(beta: float, window_ratio: float, share_power: int = 1) -> str:
+    return f"block b={beta:g} w={window_ratio:g}" + (f" p={share_power}" if share_power != 1 else "")
 
 
 def rescored_name(alpha: float, candidate_alpha: float = 0.999, stride: int = 1) -> str:
@@ -145,8 +145,10 @@ def method_specs(settings: EvalSettings, *, tuned: TunedProfiles | None = None) 
         from sampleattn.rules import BlockRule
 
         cfg = SampleAttentionConfig(window_ratio=settings.block_window_ratio, dense_below=0,
-                                    selection=BlockRule(beta=beta, row_stride=settings.block_row_stride))
-        specs.append(MethodSpec(block_name(beta, settings.block_window_ratio), "block_rule", None,
+                                    selection=BlockRule(beta=beta, row_stride=settings.block_row_stride,
+                                                        share_power=settings.block_share_power))
+        name = block_name(beta, settings.block_window_ratio, settings.block_share_power)
+        specs.append(MethodSpec(name, "block_rule", None,
                                 lambda _t, _n, cfg=cfg: SampleAttention(cfg, backend=backend), tier=TIER_ALPHAS))
     if settings.profile:
         tuned = tuned or TunedProfiles(settings)

@@ -34,6 +34,7 @@ class EvalSettings:
     block_betas: list[float] = field(default_factory=list)  # the block rule's rows, one per beta
     block_window_ratio: float = 0.02
     block_row_stride: int = 1
+    block_share_power: int = 1
     estimator: bool = False
     estimator_pool: int = 64
     profile: str | None = None  # a profile store (URL or path): the ``tuned`` row
