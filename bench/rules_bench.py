@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     seqlen = 512 if args.dry_run else parse_length(args.length)
-    geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
+    geometry_name = "smollm2" if args.dry_run else "llama3"
+    geometry = h.GEOMETRIES[geometry_name]
     if args.methods:
         chosen = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
     else:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     dtype = torch.float32 if args.dry_run else None  # the interpreter gets bf16 wrong
     inputs = {b: functools.partial(h.smollm2_to_geometry, captured, layer_sets[b], geometry,
                                    **({"dtype": dtype} if dtype else {})) for b in wanted}
-    (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
+    (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry_name,
                                                   "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
     configs = {n: json.loads(c.model_dump_json()) for n, c in chosen}
     rows_out: list[dict] = []
