@@ -15,7 +15,7 @@ from ._block_scores_jit import block_scores_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
 from .sparse_attention import check_grid_y
-from .tiles import block_d, launch_for
+from .tiles import launch_for, padded_head_dim
 
 __all__ = ["block_scores", "pooled_keys"]
 
@@ -68,6 +68,7 @@ def block_scores(
     check_grid_y(batch * n_sel, "batch * selection heads")
     scores = torch.empty((batch, n_sel, n_qb, n_kb), device=q.device, dtype=torch.float32)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32)
+    block_d = padded_head_dim(head_dim)
     launch = launch_for("block_scores", head_dim=head_dim, dtype=q.dtype, rows=block_rows // row_stride,
                         block_c=block_c, num_warps=num_warps, num_stages=num_stages)
     block_scores_kernel[(n_qb, batch * n_sel)](
@@ -77,7 +78,7 @@ def block_scores(
         batch_stride(lse), lse.stride(1),
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), BLOCK_M=block_rows, BLOCK_C=launch.block_c, KEY_BLOCK=key_block,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=launch.block_c, KEY_BLOCK=key_block,
         GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, num_warps=launch.num_warps,
         num_stages=launch.num_stages,
     )

@@ -16,7 +16,7 @@ from ._rescoring_jit import candidate_mass_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
 from .sparse_attention import check_grid_y, sparse_attention_fwd
-from .tiles import block_d, launch_for
+from .tiles import launch_for, padded_head_dim
 
 __all__ = ["rescore_candidates"]
 
@@ -61,6 +61,7 @@ def rescore_candidates(
     n_sel, kmax = cand.shape[1], cand.shape[2]
     score = torch.zeros((batch, n_sel, kmax), device=q.device, dtype=torch.float32)
     n_mblocks = triton.cdiv(seqlen_q, block_m)
+    block_d = padded_head_dim(head_dim)
     grid = (triton.cdiv(kmax, launch.block_c), batch * n_sel)
     candidate_mass_kernel[grid](
         q, k, lse, cand, count, window, score,
@@ -72,7 +73,7 @@ def rescore_candidates(
         batch_stride(score), score.stride(1),
         n_sel, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, n_mblocks, m_stride, (n_mblocks - 1) % m_stride,
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
         BLOCK_M=block_m, BLOCK_C=launch.block_c, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return score

@@ -14,7 +14,7 @@ import triton
 
 from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, stripe_mass_kernel
 from ._specialization import batch_stride
-from .tiles import SCORES_BLOCK_N, block_d, launch_for
+from .tiles import SCORES_BLOCK_N, launch_for, padded_head_dim
 
 __all__ = ["SCORES_BLOCK_N", "column_scores", "sampled_row_stats", "score_tile_ranges", "stripe_mass"]
 
@@ -81,7 +81,7 @@ def sampled_row_stats(
         batch_stride(k), k.stride(1), k.stride(2),
         batch_stride(lse2), lse2.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), q_per_kv, n_row_blocks,
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
         BLOCK_N=launch.block_n, GROUP=heads_per_program, TRACK_WINDOW=window_mass,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
@@ -164,7 +164,7 @@ def column_scores(
         batch_stride(lse2), lse2.stride(1),
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_sel, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
         BLOCK_N=launch.block_n, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return scores
@@ -199,7 +199,7 @@ def stripe_mass(
         batch_stride(col_idx), col_idx.stride(1), col_idx.stride(2),
         batch_stride(col_count), col_count.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
         BLOCK_N=launch.block_n, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return out

@@ -15,10 +15,10 @@ import triton
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
-from .tiles import block_d, launch_for
+from .tiles import launch_for, padded_head_dim
 
-__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "check_grid_y", "column_members", "columns_left_of_window",
-           "compact_columns", "sparse_attention_fwd"]
+__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "check_grid_y", "column_members",
+           "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
 
 #: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
 MAX_GRID_Y = 65_535
@@ -208,6 +208,7 @@ def sparse_attention_fwd(
     launch = launch_for("sparse_attention", head_dim=head_dim, dtype=q.dtype, block_m=block_m, block_n=block_n,
                         num_warps=num_warps, num_stages=num_stages)
     block_m, block_n = launch.block_m, launch.block_n
+    block_d = padded_head_dim(head_dim)
     if blk_idx is not None:
         block_n = min(block_n, key_block)
         block_m = min(block_m, block_rows)
@@ -270,7 +271,7 @@ def sparse_attention_fwd(
         *member_strides,
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first, max(block_rows, 1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, HAS_BLOCKS=has_blocks,
         KEY_BLOCK=key_block if has_blocks else 16, SKIP_COLUMNS=has_blocks and has_columns,  # 16: unused
         num_warps=launch.num_warps, num_stages=launch.num_stages,

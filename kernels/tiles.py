@@ -33,11 +33,12 @@ __all__ = [
     "SMALL_BLOCK",
     "Launch",
     "TileRule",
-    "block_d",
     "head_bucket",
     "launch_for",
     "operator_block_m",
+    "padded_head_dim",
     "tile_rule",
+    "warps_for",
     "width",
 ]
 
@@ -65,7 +66,7 @@ Kernel = Literal["sparse_attention", "rescore_candidates", "sampled_row_stats", 
 _NARROW_ROWS = 64
 
 
-def block_d(head_dim: int) -> int:
+def padded_head_dim(head_dim: int) -> int:
     """The head dim padded to the kernels' ``BLOCK_D``: a power of two, at least 16."""
     return max(16, 1 << (head_dim - 1).bit_length())
 
@@ -73,7 +74,7 @@ def block_d(head_dim: int) -> int:
 def head_bucket(head_dim: int) -> HeadBucket:
     """64, 128 or 256: the bucket of head dims up to 64, 65-128 and above 128 (``BLOCK_D`` 16-64,
     128, and 256 or more)."""
-    padded = block_d(head_dim)
+    padded = padded_head_dim(head_dim)
     return 64 if padded <= 64 else 128 if padded == 128 else 256
 
 
@@ -183,7 +184,7 @@ def warps_for(rule: TileRule, rows: int, head_dim: int | None) -> int:
     if rule.warps == "elements":
         if head_dim is None:
             raise ValueError("warps by tile elements need the head dim")
-        return 8 if rows * block_d(head_dim) >= 128 * 128 else 4
+        return 8 if rows * padded_head_dim(head_dim) >= 128 * 128 else 4
     return rule.warps
 
 

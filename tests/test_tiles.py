@@ -137,7 +137,7 @@ def test_bad_questions_get_clear_errors():
 
 def test_head_buckets_and_operator_tiles():
     assert [tiles.head_bucket(d) for d in (16, 64, 65, 96, 128, 129, 256)] == [64, 64, 128, 128, 128, 256, 256]
-    assert [tiles.block_d(d) for d in (1, 16, 17, 64, 96, 128, 256)] == [16, 16, 32, 64, 128, 128, 256]
+    assert [tiles.padded_head_dim(d) for d in (1, 16, 17, 64, 96, 128, 256)] == [16, 16, 32, 64, 128, 128, 256]
     assert [tiles.operator_block_m(rows) for rows in (16, 48, 64, 192, 256, 4096)] == [16, 16, 64, 64, 128, 128]
 
 
