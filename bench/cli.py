@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lengths = parse_lengths(args.lengths)
         baseline_max = parse_lengths(args.baseline_max)[0]
-        geometries = [GEOMETRIES[g] for g in args.geometries.split(",")]
+        geometries = {name: GEOMETRIES[name] for name in args.geometries.split(",")}
     except (ValueError, KeyError) as error:
         print(f"sattn-bench: {error}; geometries are {', '.join(GEOMETRIES)}", file=sys.stderr)
         return 2
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import case_bar
 
     bar = case_bar(len(geometries) * len(lengths) * len(configs), "sattn-bench", enabled=not args.no_progress)
-    for geometry in geometries:
+    for name, geometry in geometries.items():
         for seqlen in lengths:
             q, k, v = make_inputs(geometry, seqlen, args.batch, args.inputs, density=args.density)
             baselines = {}
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 repeat = args.repeat if seqlen <= 131072 else 2
                 baselines = dense_baselines(q, k, v, repeat=repeat, flex=not args.no_flex)
             for alpha, window, sample in configs:
-                case = Case(geometry.name, seqlen, args.batch, args.inputs, alpha, window, sample, args.granularity,
+                case = Case(name, seqlen, args.batch, args.inputs, alpha, window, sample, args.granularity,
                             options=options)
-                bar.set_postfix_str(f"{geometry.name} {seqlen} a{alpha:g} w{window:g} s{sample:g}")
+                bar.set_postfix_str(f"{name} {seqlen} a{alpha:g} w{window:g} s{sample:g}")
                 row = run_case(case, q, k, v, baselines, error_rows=args.error_rows,
                                repeat=args.repeat if seqlen <= 262144 else 3, flex_sparse=not args.no_flex)
                 bar.update()

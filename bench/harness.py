@@ -24,26 +24,27 @@ import torch
 
 from sampleattn.timing import cuda_ms, device_ms, wall_ms
 
-from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn import Geometry, SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn.models.catalog import CATALOG
 from sampleattn.reference import attention_rows_ref, relative_error
 
 __all__ = ["GEOMETRIES", "Case", "run_case", "make_inputs", "dense_baselines", "capture_smollm2",
-           "smollm2_to_geometry", "compiled_kernel_count"]
+           "geometry_name", "smollm2_to_geometry", "compiled_kernel_count"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Geometry:
-    name: str
-    nheads_q: int
-    nheads_kv: int
-    head_dim: int
-
-
-GEOMETRIES = {
-    "llama3": Geometry("llama3", 32, 8, 128),
-    "chatglm2": Geometry("chatglm2", 32, 2, 128),
-    "smollm2": Geometry("smollm2", 9, 3, 64),
+#: The geometries the benchmarks run in, by the name their rows and ``--geometry`` use: the model
+#: catalogue's geometry of each model.
+GEOMETRIES: dict[str, Geometry] = {
+    name: CATALOG[model].geometry for name, model in
+    (("llama3", "llama3"), ("chatglm2", "chatglm2"), ("smollm2", "smollm2-135m"))
 }
+
+
+def geometry_name(heads: tuple[int, int, int]) -> str:
+    """The name in `GEOMETRIES` of the geometry with these ``(num_q_heads, num_kv_heads,
+    head_dim)`` (`Geometry.heads`; the layers do not count), or ``"Hq/Hkv/dD"`` outside it."""
+    return next((name for name, known in GEOMETRIES.items() if known.heads == tuple(heads)),
+                "{}/{}/d{}".format(*heads))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,7 @@ def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, den
     if inputs == "synthetic":
         from sampleattn.synthetic import structured_qkv
 
-        return structured_qkv(batch, seqlen, seqlen, geometry.nheads_q, geometry.nheads_kv, geometry.head_dim,
+        return structured_qkv(batch, seqlen, seqlen, geometry.num_q_heads, geometry.num_kv_heads, geometry.head_dim,
                               density=density, dtype=dtype, device=device, seed=seed)
     if inputs.startswith("smollm2-layer"):
         layer = int(inputs.removeprefix("smollm2-layer"))
@@ -132,8 +133,8 @@ def make_inputs(geometry: Geometry, seqlen: int, batch: int, inputs: str, *, den
 
 
 #: SmolLM2-135M's attention geometry and depth (sampleattn.models.catalog "smollm2-135m").
-SMOLLM2 = Geometry("smollm2", 9, 3, 64)
-SMOLLM2_LAYERS = 30
+SMOLLM2 = GEOMETRIES["smollm2"]
+SMOLLM2_LAYERS = SMOLLM2.num_layers
 
 _smollm2_cache: dict[str, Any] = {}
 
@@ -144,9 +145,9 @@ def smollm2_layers_for(geometry: Geometry, layer: int) -> list[int]:
     enough (Llama-3-8B's 8 KV heads: 3 layers), shifted down so that they exist."""
     if layer < 0 or layer >= SMOLLM2_LAYERS:
         raise ValueError(f"SmolLM2 has layers 0..{SMOLLM2_LAYERS - 1}; got {layer}")
-    if geometry == SMOLLM2:
+    if geometry.heads == SMOLLM2.heads:
         return [layer]
-    count = -(-geometry.nheads_kv // SMOLLM2.nheads_kv)
+    count = -(-geometry.num_kv_heads // SMOLLM2.num_kv_heads)
     first = min(layer, SMOLLM2_LAYERS - count)
     return list(range(first, first + count))
 
@@ -233,23 +234,25 @@ def smollm2_to_geometry(captured: dict, layers: list[int], geometry: Geometry, *
     So the attention patterns (sinks, stripes, locality, density per head) are SmolLM2's, at
     Llama's head count and head dim; the timing of dense baselines does not depend on values.
     """
-    if geometry == SMOLLM2:
+    if geometry.heads == SMOLLM2.heads:
         qkv = captured[layers[0]]
         return tuple(qkv[name].to(dtype).contiguous() for name in ("q", "k", "v"))
-    if geometry.head_dim < SMOLLM2.head_dim or geometry.nheads_q % geometry.nheads_kv:
-        raise ValueError(f"cannot lay SmolLM2's heads out in {geometry}")
-    kv_heads = [(layer, h) for layer in layers for h in range(SMOLLM2.nheads_kv)][: geometry.nheads_kv]
-    if len(kv_heads) < geometry.nheads_kv:
-        raise ValueError(f"{len(kv_heads)} captured KV heads, {geometry.name} needs {geometry.nheads_kv}")
+    if geometry.head_dim < SMOLLM2.head_dim:
+        raise ValueError(f"cannot lay SmolLM2's heads out in {geometry}: its head dim is below SmolLM2's "
+                         f"{SMOLLM2.head_dim}")
+    kv_heads = [(layer, h) for layer in layers for h in range(SMOLLM2.num_kv_heads)][: geometry.num_kv_heads]
+    if len(kv_heads) < geometry.num_kv_heads:
+        raise ValueError(f"{len(kv_heads)} captured KV heads, {geometry_name(geometry.heads)} needs "
+                         f"{geometry.num_kv_heads}")
     sample = captured[layers[0]]["q"]
     batch, seqlen, device = sample.shape[0], sample.shape[1], sample.device
     d_src, d = SMOLLM2.head_dim, geometry.head_dim
-    group_src, group = SMOLLM2.nheads_q // SMOLLM2.nheads_kv, geometry.nheads_q // geometry.nheads_kv
+    group_src, group = SMOLLM2.group_size, geometry.group_size
     gain = (d / d_src) ** 0.25
     gen = torch.Generator().manual_seed(int(seed) + 12345)
-    q = torch.empty(batch, seqlen, geometry.nheads_q, d, dtype=dtype, device=device)
-    k = torch.empty(batch, seqlen, geometry.nheads_kv, d, dtype=dtype, device=device)
-    v = torch.empty(batch, seqlen, geometry.nheads_kv, d, dtype=dtype, device=device)
+    q = torch.empty(batch, seqlen, geometry.num_q_heads, d, dtype=dtype, device=device)
+    k = torch.empty(batch, seqlen, geometry.num_kv_heads, d, dtype=dtype, device=device)
+    v = torch.empty(batch, seqlen, geometry.num_kv_heads, d, dtype=dtype, device=device)
     chunk = 1 << 16  # rotate in chunks of rows: fp32 temporaries stay small at 1M tokens
 
     def turn(x: torch.Tensor, rot: torch.Tensor, scale: float, out: torch.Tensor) -> None:

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
             return 2
     device = "cpu" if args.dry_run else "cuda"
     dtype = torch.float32 if args.dry_run else torch.bfloat16  # the interpreter gets bf16 wrong
-    geometry = harness.GEOMETRIES[args.geometry or ("smollm2" if args.dry_run else "llama3")]
+    geometry_name = args.geometry or ("smollm2" if args.dry_run else "llama3")
+    geometry = harness.GEOMETRIES[geometry_name]
     repeat, warmup = (1, 0) if args.dry_run else (args.repeat, args.warmup)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
     errors: list[dict] = []
 
     def save() -> None:
-        report = {"env": collect_env(), "command": sys.argv, "dry_run": args.dry_run, "geometry": geometry.name,
+        report = {"env": collect_env(), "command": sys.argv, "dry_run": args.dry_run, "geometry": geometry_name,
                   "inputs": args.inputs, "seconds": time.time() - started, "notes": notes, "errors": errors,
                   "methods": [m.name for m in methods], "rows": json.loads(harness.to_json(rows))}
         tmp = out_dir / "peers.json.tmp"
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
         if "failed" in row:  # in `errors`, not a row of the table
             print(f"[peers] {row['method']} at {row['seqlen']} {row['band']} failed: {row['failed']}", flush=True)
             return
-        row.update(geometry=geometry.name, inputs=args.inputs, elapsed_s=round(time.time() - started, 1))
+        row.update(geometry=geometry_name, inputs=args.inputs, elapsed_s=round(time.time() - started, 1))
         rows.append(row)
         with open(out_dir / "results.jsonl", "a") as f:
             f.write(json.dumps(json.loads(harness.to_json([row]))[0], default=str) + "\n")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, methods: list | None = None) -> int:
                            "attention_ms", "first_call_s", "check_ok")}), flush=True)
         save()
 
-    print(f"[peers] {len(methods)} methods, lengths {args.lengths}, inputs {args.inputs}, geometry {geometry.name}, "
+    print(f"[peers] {len(methods)} methods, lengths {args.lengths}, inputs {args.inputs}, geometry {geometry_name}, "
           f"device {device}", flush=True)
     bar = None
     for seqlen in args.lengths:

@@ -91,8 +91,8 @@ def _random_qkv(geometry, seqlen: int, *, dtype, device):
     import torch
 
     g = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(1, seqlen, geometry.nheads_q, geometry.head_dim, device=device, generator=g, dtype=dtype)
-    k, v = (torch.randn(1, seqlen, geometry.nheads_kv, geometry.head_dim, device=device, generator=g, dtype=dtype)
+    q = torch.randn(1, seqlen, geometry.num_q_heads, geometry.head_dim, device=device, generator=g, dtype=dtype)
+    k, v = (torch.randn(1, seqlen, geometry.num_kv_heads, geometry.head_dim, device=device, generator=g, dtype=dtype)
             for _ in range(2))
     return q, k, v
 
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     seqlen = 512 if args.dry_run else parse_length(args.length)
-    geometry = h.GEOMETRIES["smollm2" if args.dry_run else "llama3"]
+    geometry_name = "smollm2" if args.dry_run else "llama3"
+    geometry = h.GEOMETRIES[geometry_name]
     if args.methods:
         chosen = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
     else:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
                   for b in layer_sets}
     inputs.update({b: functools.partial(UNSTRUCTURED[b], geometry, seqlen, dtype=dtype, device=device)
                    for b in wanted if b in UNSTRUCTURED})
-    (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry.name,
+    (out_dir / "env.json").write_text(json.dumps({**collect_env(), "seqlen": seqlen, "geometry": geometry_name,
                                                   "rope_scaling": h.smollm2_rope_scaling()}, indent=1, default=str))
     configs = {n: json.loads(c.model_dump_json()) for n, c in chosen}
     rows_out: list[dict] = []

@@ -78,7 +78,8 @@ class SuiteRun:
         if args.geometry:
             self.sizes = dataclasses.replace(self.sizes, geometry=args.geometry)
         self.parts = suite_parts(self.sizes)
-        self.geometry = harness.GEOMETRIES[self.sizes.geometry]
+        self.geometry_name = self.sizes.geometry
+        self.geometry = harness.GEOMETRIES[self.geometry_name]
         self.device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
         # The Triton interpreter computes bf16 through numpy without bf16: dry runs use fp32.
         self.dtype = torch.float32 if args.dry_run else torch.bfloat16
@@ -111,7 +112,7 @@ class SuiteRun:
 
     def targets(self) -> list[dict]:
         summaries = {p.name: p.summary for p in self.parts.values() if p.summary}
-        return suite_targets(self.measured, summaries, self.geometry.name)
+        return suite_targets(self.measured, summaries, self.geometry_name)
 
     def save(self) -> None:
         from sampleattn import collect_env
@@ -153,14 +154,15 @@ class SuiteRun:
         def keep(key):
             if key[1:] == mine:
                 return seqlen <= long or key[0] == kind
-            return key[1:] == (long, self.geometry.name, 1) and seqlen <= long
+            return key[1:] == (long, self.geometry_name, 1) and seqlen <= long
 
         self.free(keep)
 
     def real(self, seqlen: int, band: str, geometry, batch: int):
         """Real SmolLM2 q/k/v of ``band`` in ``geometry``; one prefill captures both bands (at
         most 128K tokens; beyond, the band asked for only)."""
-        key = (band, seqlen, geometry.name, batch)
+        name = self.h.geometry_name(geometry.heads)
+        key = (band, seqlen, name, batch)
         if key not in self.inputs:
             h, s = self.h, self.sizes
             bands = {"mid": h.smollm2_layers_for(geometry, s.mid_layer),
@@ -172,10 +174,9 @@ class SuiteRun:
             if self.device == "cuda":
                 self.torch.cuda.synchronize()  # the prefill runs asynchronously: time it to its end
             for b in wanted:
-                self.inputs[(b, seqlen, geometry.name, batch)] = h.smollm2_to_geometry(captured, bands[b], geometry,
-                                                                                       dtype=self.dtype)
+                self.inputs[(b, seqlen, name, batch)] = h.smollm2_to_geometry(captured, bands[b], geometry, dtype=self.dtype)
             del captured
-            self.notes.append(f"SmolLM2 capture at {seqlen} tokens x batch {batch}, {geometry.name} geometry, layers "
+            self.notes.append(f"SmolLM2 capture at {seqlen} tokens x batch {batch}, {name} geometry, layers "
                               f"{layers} (bands {wanted}): {time.time() - started:.1f} s"
                               f"{'' if self.captured_once else ' (includes the model load)'}, RoPE scaling "
                               f"{h.smollm2_rope_scaling()}")
@@ -183,7 +184,7 @@ class SuiteRun:
         return self.inputs[key]
 
     def synthetic(self, seqlen: int, geometry, batch: int):
-        key = ("synthetic", seqlen, geometry.name, batch)
+        key = ("synthetic", seqlen, self.h.geometry_name(geometry.heads), batch)
         if key not in self.inputs:
             self.inputs[key] = self.h.make_inputs(geometry, seqlen, batch, "synthetic", device=self.device,
                                                   dtype=self.dtype)
@@ -191,7 +192,7 @@ class SuiteRun:
 
     def capture_s(self, case: Case, real: bool) -> float:
         """Seconds to get ``case``'s inputs: none when held or synthetic."""
-        geometry = case.geometry or self.geometry.name
+        geometry = case.geometry or self.geometry_name
         if not real or (case.band, case.seqlen, geometry, case.batch) in self.inputs:
             return 0.0
         s = CAPTURE_S_FIXED + CAPTURE_S_PER_1M * case.seqlen * case.batch / (1 << 20)
@@ -202,7 +203,7 @@ class SuiteRun:
         """cuDNN (and flash, FlexAttention) at ``seqlen``, measured once per length, geometry and
         batch: dense attention's time does not depend on the values."""
         q, k, v = qkv
-        geometry = self.geometry_name(q, k)
+        geometry = self.h.geometry_name((q.shape[2], k.shape[2], q.shape[3]))
         key = (seqlen, geometry, q.shape[0])
         if key not in self.baselines or (flex and "flex" not in self.baselines[key]):
             backends = ("cudnn", "flash") if flash else ("cudnn",)
@@ -213,20 +214,15 @@ class SuiteRun:
                 times.update(flex=None, flex_error="not timed on the CPU")
             times["measured_on"] = f"{seqlen} tokens, warmup {warmup}, repeat {repeat}"
             self.baselines[key] = times
-            other = "" if (geometry, q.shape[0]) == (self.geometry.name, 1) else f" {geometry} batch {q.shape[0]}"
+            other = "" if (geometry, q.shape[0]) == (self.geometry_name, 1) else f" {geometry} batch {q.shape[0]}"
             self.record({"part": "dense", "label": f"dense baselines {seqlen}{other}", "seqlen": seqlen,
                          "geometry": geometry, "batch": q.shape[0], **times})
         return self.baselines[key]
 
-    def geometry_name(self, q, k) -> str:
-        shape = (q.shape[2], k.shape[2], q.shape[3])
-        return next((g.name for g in self.h.GEOMETRIES.values() if (g.nheads_q, g.nheads_kv, g.head_dim) == shape),
-                    "{}/{}/d{}".format(*shape))
-
     def extrapolated(self, seqlen: int) -> dict:
         """cuDNN at ``seqlen`` from the longest of `Sizes.extrapolate_from` by the quadratic law."""
         measured = [(n, b["cudnn"]) for (n, g, batch), b in self.baselines.items()
-                    if n in self.sizes.extrapolate_from and (g, batch) == (self.geometry.name, 1)
+                    if n in self.sizes.extrapolate_from and (g, batch) == (self.geometry_name, 1)
                     and isinstance(b.get("cudnn"), float)]
         if not measured:
             return {}
@@ -249,9 +245,10 @@ class SuiteRun:
         name = f"{case.part} {case.band} {length_word(case.seqlen)} w{window} s{sample}"
         if not self.fits(name, case.estimate_s + self.capture_s(case, real)):
             return
-        geometry = self.h.GEOMETRIES[case.geometry] if case.geometry else self.geometry
+        geometry_name = case.geometry or self.geometry_name
+        geometry = self.h.GEOMETRIES[geometry_name]
         kind = case.band if real else "synthetic"
-        self.make_room(kind, case.seqlen, geometry.name, case.batch)
+        self.make_room(kind, case.seqlen, geometry_name, case.batch)
         if real:
             qkv = self.real(case.seqlen, case.band, geometry, case.batch)
             layer = self.sizes.mid_layer if case.band == "mid" else self.sizes.late_layer
@@ -260,13 +257,13 @@ class SuiteRun:
             qkv = self.synthetic(case.seqlen, geometry, case.batch)
             inputs, word = "synthetic", ("synthetic" if case.inputs == "synthetic" else f"synthetic(for {case.band})")
         if case.reference == "extrapolated":
-            base = self.baselines.get((case.seqlen, geometry.name, case.batch)) or self.extrapolated(case.seqlen)
+            base = self.baselines.get((case.seqlen, geometry_name, case.batch)) or self.extrapolated(case.seqlen)
         elif case.reference == "cudnn":
             base = self.dense(case.seqlen, qkv, flash=False, warmup=1, repeat=2)
         else:
             base = self.dense(case.seqlen, qkv, flex=case.reference == "flex")
         q, k, v = qkv
-        spec = self.h.Case(geometry.name, case.seqlen, case.batch, inputs, case.alpha, window, sample, "kv_head",
+        spec = self.h.Case(geometry_name, case.seqlen, case.batch, inputs, case.alpha, window, sample, "kv_head",
                            options=case.options)
         repeat, warmup = (1, 0) if self.args.dry_run else (case.repeat or self.sizes.repeat, case.warmup)
         row = self.h.run_case(spec, q, k, v, base, error_rows=self.args.error_rows, repeat=repeat, warmup=warmup,
@@ -284,22 +281,22 @@ class SuiteRun:
     def run_dense(self, entry: Dense) -> None:
         if not self.fits(f"{entry.part} cuDNN {length_word(entry.seqlen)}", entry.estimate_s):
             return
-        key = (entry.seqlen, self.geometry.name, 1)
+        key = (entry.seqlen, self.geometry_name, 1)
         if key in self.baselines:
             return
         if entry.inputs == "held":
-            held = ("mid", entry.seqlen, self.geometry.name, 1)
+            held = ("mid", entry.seqlen, self.geometry_name, 1)
             if held not in self.inputs:
                 self.notes.append(f"{entry.part}: the {entry.seqlen}-token inputs are gone (their part skipped or "
                                   "failed); not measured")
                 return
             times = self.dense(entry.seqlen, self.inputs[held], flash=False, warmup=entry.warmup, repeat=entry.repeat)
         else:
-            self.make_room("random", entry.seqlen, self.geometry.name, 1)
+            self.make_room("random", entry.seqlen, self.geometry_name, 1)
             g, torch = self.geometry, self.torch
             gen = torch.Generator(device=self.device).manual_seed(entry.seqlen)
-            q = torch.randn(1, entry.seqlen, g.nheads_q, g.head_dim, generator=gen, device=self.device, dtype=self.dtype)
-            kv = torch.randn(2, entry.seqlen, g.nheads_kv, g.head_dim, generator=gen, device=self.device,
+            q = torch.randn(1, entry.seqlen, g.num_q_heads, g.head_dim, generator=gen, device=self.device, dtype=self.dtype)
+            kv = torch.randn(2, entry.seqlen, g.num_kv_heads, g.head_dim, generator=gen, device=self.device,
                              dtype=self.dtype)
             times = self.dense(entry.seqlen, (q, kv[:1], kv[1:]), flash=False, warmup=entry.warmup,
                                repeat=entry.repeat)
@@ -410,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [p for p in parts if p.stand_in or not any(getattr(e, "inputs", "") == "real" or
                                                            getattr(e, "inputs", "") == "held" for e in p.entries)]
     print(f"[suite] parts {[p.name for p in parts]}, budget {args.budget_s:.0f} s, device {run.device}, "
-          f"geometry {run.geometry.name}", flush=True)
+          f"geometry {run.geometry_name}", flush=True)
     from .progress import case_bar
 
     bar = case_bar(len(parts), "suite parts", enabled=not args.no_progress)

@@ -14,6 +14,8 @@ import triton
 from ._block_scores_jit import block_scores_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
+from .sparse_attention import check_grid_y
+from .tiles import launch_for, padded_head_dim
 
 __all__ = ["block_scores", "pooled_keys"]
 
@@ -34,8 +36,8 @@ def pooled_keys(k: torch.Tensor, key_block: int) -> torch.Tensor:
 
 def block_scores(
     q: torch.Tensor, k: torch.Tensor, *, key_block: int, block_rows: int, q_per_sel: int, scale: float,
-    kbar: torch.Tensor | None = None, row_stride: int = 1, share_power: int = 1, block_c: int = 64,
-    num_warps: int | None = None, num_stages: int = 2,
+    kbar: torch.Tensor | None = None, row_stride: int = 1, share_power: int = 1, block_c: int | None = None,
+    num_warps: int | None = None, num_stages: int | None = None,
 ) -> torch.Tensor:
     """Estimated mass of every key block for every query block.
 
@@ -47,6 +49,8 @@ def block_scores(
         row_stride: score one row in every ``row_stride`` of each query block (the last of each
             group, or the last query row); ``block_rows // row_stride`` must be at least 16.
         share_power: sum each row's shares raised to this power (1: the shares themselves).
+        block_c, num_warps, num_stages: key blocks per tile and the launch; None takes the tile
+            table's for the ``block_rows // row_stride`` scored rows (`tiles.launch_for`).
     Returns:
         (B, Hsel, n_qblocks, n_kblocks) fp32: entry (b, s, t, c) is the sum over the scored rows
         of query block t and the query heads of selection head s of each row's softmax share of
@@ -65,14 +69,12 @@ def block_scores(
         raise ValueError(f"row_stride={row_stride} must divide block_rows={block_rows} and leave at least 16 rows")
     if share_power < 1:
         raise ValueError(f"share_power={share_power} must be a positive integer")
-    if batch * n_sel > 65_535:
-        raise ValueError(f"batch * selection heads = {batch * n_sel} exceeds the CUDA grid limit 65535; "
-                         "split the batch")
+    check_grid_y(batch * n_sel, "batch * selection heads")
     scores = torch.empty((batch, n_sel, n_qb, n_kb), device=q.device, dtype=torch.float32)
     lse = torch.empty((batch, nheads_q, seqlen_q), device=q.device, dtype=torch.float32)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if num_warps is None:
-        num_warps = 8 if (block_rows // row_stride) * block_d >= 128 * 128 else 4
+    block_d = padded_head_dim(head_dim)
+    launch = launch_for("block_scores", head_dim=head_dim, dtype=q.dtype, rows=block_rows // row_stride,
+                        block_c=block_c, num_warps=num_warps, num_stages=num_stages)
     block_scores_kernel[(n_qb, batch * n_sel)](
         q, kbar, lse, scores,
         batch_stride(q), q.stride(1), q.stride(2),
@@ -80,8 +82,9 @@ def block_scores(
         batch_stride(lse), lse.stride(1),
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=block_c, KEY_BLOCK=key_block,
-        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, POWER=share_power, num_warps=num_warps,
-        num_stages=num_stages,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=launch.block_c, KEY_BLOCK=key_block,
+        GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, POWER=share_power,
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
     return scores

@@ -14,6 +14,7 @@ import triton
 
 from ._sampling_jit import column_scores_kernel, sampled_row_stats_kernel, stripe_mass_kernel
 from ._specialization import batch_stride
+from .tiles import SCORES_BLOCK_N, launch_for, padded_head_dim
 
 __all__ = ["SCORES_BLOCK_N", "column_scores", "sampled_row_stats", "score_tile_ranges", "stripe_mass"]
 
@@ -24,32 +25,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-#: Key tile of `column_scores` (what `score_tile_ranges` must be computed with). On the H200 at
-#: 128K (Llama-3-8B geometry, 64 sampled rows per program) 128 keys with 4 warps and 2 stages took
-#: 7.5 ms against 8.3 ms for 64 keys (`python -m sampleattn.bench.plan_sweep`, docs/benchmarks.md).
-SCORES_BLOCK_N = 128
-
-
-def _warps(block_s: int) -> int:
-    # 64-row tiles run twice as fast with 4 warps as with 8 on the H200 (the stage-3 sweep).
-    return 4 if block_s <= 64 else 8
-
-
-def row_stats_options(block_s: int, q_per_kv: int) -> dict:
-    """Launch options of `sampled_row_stats` for ``block_s`` slots per row block: as many heads
-    of a KV group per program as fit in a 128-row tile, then the key tile, warps and stages
-    that the H200 sweep found fastest for that tile (`python -m sampleattn.bench.plan_sweep`:
-    at 128K, 128-row tiles of 2 heads with 128-key tiles, 8 warps, 2 stages took 8.0 ms; one
-    head's 64 rows with the old defaults, 9.8 ms)."""
+def row_stats_heads(block_s: int, q_per_kv: int) -> int:
+    """Query heads of one KV group per program of `sampled_row_stats` for ``block_s`` slots per
+    row block: as many as fit in a 128-row tile, so each key tile is loaded once for all of them
+    (the tile's key tile, warps and stages: `tiles.tile_rule`)."""
     # Tiles are powers of two: so is the head count (block_s is one already).
-    heads = max(h for h in (1, 2, 4, 8) if q_per_kv % h == 0 and h * block_s <= max(128, block_s))
-    if heads * block_s >= 128:
-        return {"heads_per_program": heads, "block_n": 128, "num_warps": 8, "num_stages": 2}
-    return {"heads_per_program": heads, "block_n": 64, "num_warps": 4, "num_stages": 2}
+    return max(h for h in (1, 2, 4, 8) if q_per_kv % h == 0 and h * block_s <= max(128, block_s))
 
 
 def sampled_row_stats(
@@ -69,7 +50,9 @@ def sampled_row_stats(
         heads_per_program: query heads of one KV group per program (a divisor of Hq // Hkv):
             their rows form one ``heads_per_program * block_s``-row tile, so each key tile is
             loaded once for all of them.
-        block_n, heads_per_program, num_warps, num_stages: None takes `row_stats_options`.
+        heads_per_program: None takes `row_stats_heads`.
+        block_n, num_warps, num_stages: None takes the tile table's for the program's
+            ``heads_per_program * block_s`` rows (`tiles.launch_for`).
     Returns:
         lse2: (B, Hq, n_slots) fp32 log2-domain log-sum-exp of ``scale * log2(e) * q.k`` over
             visible keys (+inf for padding slots); wmass: (B, Hq, n_slots) fp32, the share of
@@ -79,16 +62,10 @@ def sampled_row_stats(
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     n_slots = rows.numel()
     q_per_kv = nheads_q // nheads_kv
-    auto = row_stats_options(block_s, q_per_kv)
-    heads_per_program = auto["heads_per_program"] if heads_per_program is None else heads_per_program
-    if block_n is None:
-        block_n = auto["block_n"]
-        if q.element_size() == 4 and _block_d(head_dim) >= 256:
-            # fp32 at head dim 256: two stages of 128-key tiles need 256 KiB of shared memory, over
-            # an H200 block's 227 KiB (scripts/aot_compile_check.py); 64-key tiles need 128 KiB.
-            block_n = min(block_n, 64)
-    num_warps = num_warps or _warps(heads_per_program * block_s)  # 4 for 64-row tiles, 8 for 128
-    num_stages = num_stages or auto["num_stages"]
+    if heads_per_program is None:
+        heads_per_program = row_stats_heads(block_s, q_per_kv)
+    launch = launch_for("sampled_row_stats", head_dim=head_dim, dtype=q.dtype, rows=heads_per_program * block_s,
+                        block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     if heads_per_program < 1 or q_per_kv % heads_per_program or heads_per_program & (heads_per_program - 1):
         raise ValueError(f"heads_per_program={heads_per_program} must be a power of two that divides the "
                          f"{q_per_kv} query heads per KV head")
@@ -104,9 +81,9 @@ def sampled_row_stats(
         batch_stride(k), k.stride(1), k.stride(2),
         batch_stride(lse2), lse2.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), q_per_kv, n_row_blocks,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
-        BLOCK_N=block_n, GROUP=heads_per_program, TRACK_WINDOW=window_mass,
-        num_warps=num_warps, num_stages=num_stages,
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        BLOCK_N=launch.block_n, GROUP=heads_per_program, TRACK_WINDOW=window_mass,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return lse2, wmass
 
@@ -176,6 +153,8 @@ def column_scores(
     if first_block.numel() != n_tiles:
         raise ValueError(f"tile_ranges cover {first_block.numel()} key tiles, but Sk={seqlen_k} with "
                          f"block_n={block_n} has {n_tiles}: compute them with the same block_n")
+    launch = launch_for("column_scores", head_dim=head_dim, dtype=q.dtype, rows=block_s, block_n=block_n,
+                        num_warps=num_warps, num_stages=num_stages)
     scores = torch.empty((batch, nheads_sel, n_seg, seqlen_k), device=q.device, dtype=torch.float32)
     grid = (n_tiles, batch * nheads_sel, n_seg)
     column_scores_kernel[grid](
@@ -185,8 +164,8 @@ def column_scores(
         batch_stride(lse2), lse2.stride(1),
         batch_stride(scores), scores.stride(1), scores.stride(2),
         nheads_sel, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
-        num_warps=num_warps or _warps(block_s), num_stages=num_stages or 2,
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        BLOCK_N=launch.block_n, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return scores
 
@@ -194,13 +173,14 @@ def column_scores(
 def stripe_mass(
     q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
     lse2: torch.Tensor, block_seg: torch.Tensor, col_idx: torch.Tensor, col_count: torch.Tensor, *,
-    q_per_sel: int, scale: float, block_s: int, block_n: int = 64,
+    q_per_sel: int, scale: float, block_s: int, block_n: int | None = None,
 ) -> torch.Tensor:
     """Per sampled row, the mass of the selected columns left of its window.
 
     Args:
         block_seg: (n_blocks,) int32 segment of each row block.
         col_idx: (B, Hsel, n_seg, kmax) int32; col_count: (B, Hsel, n_seg) int32.
+        block_n: columns per tile; None takes the tile table's.
     Returns:
         (B, Hq, n_slots) fp32.
     """
@@ -208,6 +188,7 @@ def stripe_mass(
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     col_idx = col_idx.contiguous()
     col_count = col_count.contiguous()
+    launch = launch_for("stripe_mass", head_dim=head_dim, dtype=q.dtype, rows=block_s, block_n=block_n)
     out = torch.empty_like(lse2)
     grid = (rows.numel() // block_s, batch * nheads_q)
     stripe_mass_kernel[grid](
@@ -218,7 +199,7 @@ def stripe_mass(
         batch_stride(col_idx), col_idx.stride(1), col_idx.stride(2),
         batch_stride(col_count), col_count.stride(1),
         nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e), nheads_q // nheads_kv, q_per_sel,
-        HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s, BLOCK_N=block_n,
-        num_warps=_warps(block_s),
+        HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), DOT_PRECISION=dot_precision(q.dtype), BLOCK_S=block_s,
+        BLOCK_N=launch.block_n, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return out

@@ -15,12 +15,21 @@ import triton
 from ._sparse_attention_jit import sparse_attention_fwd_kernel
 from ._specialization import batch_stride
 from .sampling import dot_precision
+from .tiles import launch_for, padded_head_dim
 
-__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "column_members", "columns_left_of_window",
-           "compact_columns", "sparse_attention_fwd"]
+__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "check_grid_y", "column_members",
+           "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
 
 #: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
 MAX_GRID_Y = 65_535
+
+
+def check_grid_y(programs: int, what: str) -> None:
+    """Raise `ValueError` when ``programs`` (``what``, e.g. ``"batch * nheads_kv"``) do not fit on
+    the grid's y axis (`MAX_GRID_Y`)."""
+    if programs > MAX_GRID_Y:
+        raise ValueError(f"{what} = {programs} exceeds the CUDA grid limit {MAX_GRID_Y}; split the batch into "
+                         "smaller calls")
 
 #: The compact copy of the selected keys and values is made only while it takes at most this
 #: share of the inputs' memory (q, k and v): the operator's extra memory stays bounded.
@@ -153,8 +162,8 @@ def sparse_attention_fwd(
     segment_rows: int,
     q_per_sel: int,
     scale: float,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
     return_lse: bool = False,
     lse_only: bool = False,
     m_stride: int = 1,
@@ -175,6 +184,9 @@ def sparse_attention_fwd(
         segment_rows: query rows per column set (a multiple of block_m; Sq rounded up for one set).
         q_per_sel: query heads per selection head (1, or Hq // Hkv for KV-head granularity).
         scale: softmax scale applied to q.k.
+        block_m, block_n, num_warps, num_stages: the launch (`tiles.launch_for`): None takes the
+            tile table's (64 x 64 tiles); tiles larger than the head dim and dtype allow are cut
+            down (64 x 64 above head dim 128, 64 keys for fp32 at head dims 65-128).
         lse_only: compute only the log-sum-exp over the window and the columns (no V, no
             output): the first pass of the rescoring selection. Implies ``return_lse``.
         m_stride: run only query blocks ``t`` with ``t = n_mblocks - 1 (mod m_stride)`` (the
@@ -192,26 +204,11 @@ def sparse_attention_fwd(
     """
     batch, seqlen_q, nheads_q, head_dim = q.shape
     _, seqlen_k, nheads_kv, _ = k.shape
-    if batch * nheads_kv > MAX_GRID_Y:
-        raise ValueError(
-            f"batch * nheads_kv = {batch * nheads_kv} exceeds the CUDA grid limit {MAX_GRID_Y}; "
-            "split the batch into smaller calls"
-        )
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if block_d > 128:
-        # A 256-wide head's fp32 accumulator for 128 rows does not fit in registers: halve the tiles.
-        block_m, block_n = min(block_m, 64), min(block_n, 64)
-    elif block_d == 128 and q.element_size() == 4:
-        # fp32 inputs take twice the shared memory: 128x128 tiles in 3 stages need 384 KiB, over an
-        # H200 block's 227 KiB; 128x64 tiles in 2 stages need 161 KiB (scripts/aot_compile_check.py).
-        block_n = min(block_n, 64)
-        num_stages = num_stages or 2
-    if num_warps is None:
-        # Measured on the H200 (docs/benchmarks.md): 64-row tiles want 4 warps (8 halve the
-        # throughput), 128-row tiles want 8.
-        num_warps = 4 if block_m <= 64 else 8
-    if num_stages is None:
-        num_stages = 2 if block_d > 128 else 3
+    check_grid_y(batch * nheads_kv, "batch * nheads_kv")
+    launch = launch_for("sparse_attention", head_dim=head_dim, dtype=q.dtype, block_m=block_m, block_n=block_n,
+                        num_warps=num_warps, num_stages=num_stages)
+    block_m, block_n = launch.block_m, launch.block_n
+    block_d = padded_head_dim(head_dim)
     if blk_idx is not None:
         block_n = min(block_n, key_block)
         block_m = min(block_m, block_rows)
@@ -277,6 +274,6 @@ def sparse_attention_fwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, HAS_BLOCKS=has_blocks,
         KEY_BLOCK=key_block if has_blocks else 16, SKIP_COLUMNS=has_blocks and has_columns,  # 16: unused
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return (None if lse_only else out), (lse if return_lse else None)

@@ -13,6 +13,8 @@ from typing import Literal, Mapping
 import torch
 import torch.nn.functional as F
 
+from sampleattn.kernels.tiles import BLOCK_N, operator_block_m
+
 from .config import HeadOverride, SampleAttentionConfig
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
@@ -50,7 +52,7 @@ def sparse_attention(
     *,
     return_lse: bool = False,
     block_m: int | None = None,
-    block_n: int = 128,
+    block_n: int = BLOCK_N,
     backend: Backend = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Stage 3: attention over the plan's window band plus its selected columns.
@@ -60,7 +62,8 @@ def sparse_attention(
         return_lse: also return the per-row natural log-sum-exp (B, Hq, Sq) fp32, e.g. to merge
             chunks in chunked prefill (-inf for a row that kept no key).
         block_m, block_n: kernel tile sizes (keyword-only); block_m must divide
-            plan.segment_rows; None takes the largest of 128, 64, 32, 16 that does.
+            plan.segment_rows; None takes the largest of 128, 64, 32, 16 that does
+            (`kernels.tiles.operator_block_m`).
     Returns:
         out (B, Sq, Hq, D) in q's dtype (and lse).
     Raises:
@@ -96,7 +99,7 @@ def _stage3(
 
     check_kernel_head_dim(q.shape[-1])
     if block_m is None:
-        block_m = next(b for b in (128, 64, 32, 16) if plan.segment_rows % b == 0)
+        block_m = operator_block_m(plan.segment_rows)
     blocks = {}
     if plan.blocks is not None:
         blocks = {"blk_idx": plan.blocks.blk_idx, "block_rows": plan.blocks.block_rows,

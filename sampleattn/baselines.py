@@ -41,6 +41,8 @@ from typing import Mapping
 
 import torch
 
+from sampleattn.kernels.tiles import SMALL_BLOCK
+
 from .attention import Backend, resolve_backend, sparse_attention
 from .planning import SparsePlan
 from .selection import density_per_head
@@ -90,7 +92,7 @@ def build_plan(
     segment_rows: int | None = None,
     scale: float,
     device: torch.device | str = "cpu",
-    block_m: int = 64,
+    block_m: int = SMALL_BLOCK,
 ) -> SparsePlan:
     """A `SparsePlan` from a window and explicit column lists (one set per query head).
 
@@ -166,7 +168,7 @@ class _PlanBaseline(ABC):
 
     name = "plan"
 
-    def __init__(self, target_density: TargetDensity, *, backend: Backend = "auto", block_m: int = 64,
+    def __init__(self, target_density: TargetDensity, *, backend: Backend = "auto", block_m: int = SMALL_BLOCK,
                  seed: int = 0) -> None:
         self.target_density = target_density
         self.backend: Backend = backend

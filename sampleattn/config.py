@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sampleattn.kernels.tiles import BLOCK_M, BLOCK_N
+
 from .config_errors import DescribedModel
 from .rules import LEGACY_FIELDS, SelectionRuleField, rule_from
 
@@ -78,8 +80,8 @@ class SampleAttentionConfig(DescribedModel):
     sample_ratio: float = Field(0.05, gt=0.0, le=1.0, description="the share of query rows sampled to score the key columns")
     gqa_granularity: GQAGranularity = Field("query_head", description="one column set per query head, or one per KV-head group")
     dense_below: int = Field(32_768, ge=0, description="the key length below which dense attention (SDPA) runs instead")
-    block_m: int = Field(128, ge=16, le=256, description="the query tile of the sparse kernel, a power of two")
-    block_n: int = Field(128, ge=16, le=256, description="the key tile of the sparse kernel, a power of two")
+    block_m: int = Field(BLOCK_M, ge=16, le=256, description="the query tile of the sparse kernel, a power of two")
+    block_n: int = Field(BLOCK_N, ge=16, le=256, description="the key tile of the sparse kernel, a power of two")
     sample_block: int = Field(16, ge=16, le=128, description="the rows per sampled block in stage 1, a power of two")
     segment_rows: int | None = Field(None, ge=16, description="the query rows per column set, a multiple of block_m (None: one set per head)")
     selection: SelectionRuleField = Field(default_factory=lambda: rule_from("sampled"), description="the selection rule (sampleattn.rules): sampled, rescored or block, by name or as a rule object")

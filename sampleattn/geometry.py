@@ -52,11 +52,17 @@ class Geometry:
         """Query heads per KV head (1 for multi-head attention)."""
         return self.num_q_heads // self.num_kv_heads
 
+    @property
+    def heads(self) -> tuple[int, int, int]:
+        """``(num_q_heads, num_kv_heads, head_dim)``: the shape of every layer's attention, what
+        q/k/v tensors show of the geometry (``(q.shape[2], k.shape[2], q.shape[3])``)."""
+        return self.num_q_heads, self.num_kv_heads, self.head_dim
+
     def check_qk(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """Raise `ValueError` unless q ``(B, Sq, num_q_heads, head_dim)`` and k ``(B, Sk,
         num_kv_heads, head_dim)`` have this geometry's heads and head dim."""
         got = (q.shape[2], k.shape[2], q.shape[3])
-        want = (self.num_q_heads, self.num_kv_heads, self.head_dim)
+        want = self.heads
         if got != want:
             raise ValueError(
                 f"q/k have (num_q_heads, num_kv_heads, head_dim)={got}, but the model's geometry is {want}: "

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import torch
 
+from sampleattn.kernels.tiles import launch_for
+
 from .selection import select_columns
 
 __all__ = ["ranking_block", "ranking_rows", "ranked_pairs", "select_rescored"]
 
 
 def ranking_block(block_m: int, head_dim: int) -> int:
-    """Rows per ranking query block: the config's block_m, at most 64 for head dims above 128
-    (the kernels' tiles for 256-wide heads)."""
-    return min(block_m, 64) if head_dim > 128 else block_m
+    """Rows per ranking query block: the config's block_m, cut down to the rescoring kernels'
+    largest row tile for ``head_dim`` (64 above head dim 128: `kernels.tiles`)."""
+    return launch_for("rescore_candidates", head_dim=head_dim, block_m=block_m).block_m
 
 
 def ranking_rows(seqlen_q: int, block: int, stride: int) -> torch.Tensor:

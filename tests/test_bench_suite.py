@@ -206,9 +206,9 @@ def test_smollm2_heads_in_llama_geometry_keep_their_logits():
     assert layers == [14, 15, 16]
     assert harness.smollm2_layers_for(dst, 29) == [27, 28, 29]
     seqlen = 40
-    captured = {layer: {"q": torch.randn(1, seqlen, src.nheads_q, src.head_dim),
-                        "k": torch.randn(1, seqlen, src.nheads_kv, src.head_dim),
-                        "v": torch.randn(1, seqlen, src.nheads_kv, src.head_dim)} for layer in layers}
+    captured = {layer: {"q": torch.randn(1, seqlen, src.num_q_heads, src.head_dim),
+                        "k": torch.randn(1, seqlen, src.num_kv_heads, src.head_dim),
+                        "v": torch.randn(1, seqlen, src.num_kv_heads, src.head_dim)} for layer in layers}
     q, k, v = harness.smollm2_to_geometry(captured, layers, dst, dtype=torch.float32)
     assert q.shape == (1, seqlen, 32, 128) and k.shape == v.shape == (1, seqlen, 8, 128)
     for g in range(8):
@@ -253,3 +253,18 @@ def test_case_bar_can_be_turned_off(capsys):
     bar.update(2)
     bar.close()
     assert "cases" in capsys.readouterr().err
+
+
+def test_bench_geometries_are_the_catalogue_models():
+    """The benchmarks name their geometries (rows, ``--geometry``) but hold the one `Geometry`
+    type, the model catalogue's; a q/k shape gets its name back, or "Hq/Hkv/dD" outside the table."""
+    from sampleattn import Geometry
+    from sampleattn.models.catalog import CATALOG
+
+    assert harness.GEOMETRIES == {"llama3": CATALOG["llama3"].geometry, "chatglm2": CATALOG["chatglm2"].geometry,
+                                  "smollm2": CATALOG["smollm2-135m"].geometry}
+    assert all(isinstance(g, Geometry) for g in harness.GEOMETRIES.values())
+    assert harness.GEOMETRIES["chatglm2"].heads == (32, 2, 128)
+    assert [harness.geometry_name(g.heads) for g in harness.GEOMETRIES.values()] == list(harness.GEOMETRIES)
+    assert harness.geometry_name((4, 2, 64)) == "4/2/d64"
+    assert harness.smollm2_layers_for(Geometry(1, 9, 3, 64), 5) == [5]  # SmolLM2's heads, whatever the depth
