@@ -3,19 +3,17 @@ the log-sum-exp merge, and a rank's stage 3 (the kernel under TRITON_INTERPRET=1
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from sampleattn import SampleAttentionConfig
 from sampleattn.distributed import SequenceLayout, join_sequence, split_sequence
-from sampleattn.distributed.key_blocks import query_blocks_of
 from sampleattn.distributed.local_mask import LocalMask, merge_by_lse
-from sampleattn.distributed.plan import ContextParallelPlan
-from sampleattn.distributed.stage3 import attend_rank
+from sampleattn.distributed.testing import stage3_of_every_rank
 from sampleattn.reference import attention_ref, plan_ref, sparse_attention_ref
 from sampleattn.rules import BlockRule
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "zigzag"])
@@ -76,27 +74,6 @@ def test_merge_by_lse_of_two_key_sets_is_attention_over_both():
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
 
 
-def _rank_plan(plan, spec: SequenceLayout, rank: int) -> ContextParallelPlan:
-    """What `sample_attention_cp` plans on ``rank``, cut from the single-process plan."""
-    if plan.blocks is None:
-        return ContextParallelPlan(plan=plan, layout=spec, rank=rank)
-    mine = query_blocks_of(spec, rank, plan.blocks.block_rows)
-    blocks = dataclasses.replace(plan.blocks, blk_idx=plan.blocks.blk_idx[:, :, mine],
-                                 blk_count=plan.blocks.blk_count[:, :, mine])
-    return ContextParallelPlan(plan=dataclasses.replace(plan, blocks=None), layout=spec, rank=rank,
-                               query_blocks=mine, blocks=blocks)
-
-
-def _fetch_needed(k, v, cp_plan, spec, rank):
-    """The keys the rank's rows keep that other ranks hold, exactly as the fetch brings them."""
-    mask = LocalMask.from_plan(cp_plan.plan, spec.positions(rank), cp_plan.query_blocks, cp_plan.blocks)
-    need = mask.needed_keys(k.shape[2], spec.seqlen)
-    need[:, :, spec.positions(rank)] = False
-    where = torch.nonzero(need)
-    b, h, j = where.unbind(1)
-    return where, torch.stack([k[b, j, h], v[b, j, h]], dim=1)
-
-
 # (rule, layout, world, backend, dtype): chunk boundaries inside query blocks (32 rows) and key
 # blocks (16 keys), several column segments, both layouts, GQA 2
 STAGE3_CASES = [
@@ -120,24 +97,13 @@ def test_a_ranks_stage3_is_the_plans_attention_over_its_rows(case):
     """Stage 3 of every rank (own keys, then the fetched ones), with the single-process plan, equals
     attention under that plan's mask on the rank's rows."""
     name, layout, world, backend, dtype = case
-    if backend == "triton":
-        pytest.importorskip("triton")
     g = torch.Generator().manual_seed(world)
-    q, k, v = (torch.randn(1, 180, h, 64, generator=g).to(dtype) for h in (4, 2, 2))
+    q, k, v = (torch.randn(1, 180, h, 64, generator=g).to(DEVICE, dtype) for h in (4, 2, 2))
     config = SampleAttentionConfig(window_ratio=0.1, sample_ratio=0.2, dense_below=0, block_m=32, block_n=16,
                                    **STAGE3_CONFIGS[name])
     plan = plan_ref(q.float(), k.float(), config, reports=False)
     assert (plan.blocks is not None) == name.startswith("block") and (plan.n_segments > 1) == (name == "segments")
-    spec = SequenceLayout(layout, world, 180 // world)
-    outs, lses = [], []
-    for rank in range(world):
-        cp_plan = dataclasses.replace(_rank_plan(plan, spec, rank), config=config)
-        chunk = [split_sequence(t, layout, world, rank) for t in (q, k, v)]
-        out, lse = attend_rank(*chunk, cp_plan, spec, rank, lambda: _fetch_needed(k, v, cp_plan, spec, rank),
-                               backend=backend, block_m=config.block_m, block_n=config.block_n)
-        outs.append(out)
-        lses.append(lse)
-    out, lse = join_sequence(outs, layout), join_sequence(lses, layout, dim=2)
+    out, lse = stage3_of_every_rank(q, k, v, plan, config, layout=layout, world=world, backend=backend)
     ref, ref_lse = sparse_attention_ref(q.float(), k.float(), v.float(), plan, return_lse=True)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     assert not torch.isnan(out).any()
