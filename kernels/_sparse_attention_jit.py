@@ -97,8 +97,8 @@ def _block_tiles(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=LENGTH_ARGS + ["q_offset", "stride_lb", "stride_lh", "stride_eb", "stride_eh", "stride_xb",
-                                               "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["q_offset", "stride_lb", "stride_lh", "stride_eb", "stride_eh",
+                                               "stride_xb", "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
 def sparse_attention_fwd_kernel(
     Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL, BLK_IDX, BLK_END, BLK_ALL, MEMBER,
     stride_qb, stride_qm, stride_qh,
