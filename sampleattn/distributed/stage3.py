@@ -165,49 +165,66 @@ def _own_call(q_rows, k, v, cp_plan: ContextParallelPlan, piece: Piece, key_bloc
     return q_rows, k[:, lo:hi], v[:, lo:hi], view, piece.q_start - piece.own_from
 
 
+def _left_of_region(col: torch.Tensor, blk: torch.Tensor | None, plan: SparsePlan, region: int,
+                    key_block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the kept keys left of the window region go in the far call's compact tensor, per
+    (batch, KV head): the key blocks some selection head of the KV head chose, whole, in order;
+    then the selected columns outside those blocks; padded to a key block.
+
+    Args:
+        col: (B, Hsel, n_seg, kmax), blk: (B, Hsel, n_qblocks, kbmax) or None, sequence positions
+            (`_piece_lists`); region: a multiple of ``key_block``.
+    Returns:
+        slot: (B, Hkv, region) int64 the call index of each key left of the region
+            (meaningful where a row keeps it); block_slot: (B, Hkv, region // key_block) int64 the
+            call block of each chosen block; positions: (B, Hkv, n_sparse) int64 the sequence
+            position held at each call index (-1: padding).
+    """
+    device = col.device
+    batch, nheads_kv = plan.batch, plan.nheads_kv
+    b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
+    n_left_blocks = region // key_block
+    chosen = torch.zeros(batch, nheads_kv, n_left_blocks + 1, dtype=torch.bool, device=device)
+    if blk is not None:  # the last slot takes every block at or right of the region
+        chosen[b.expand_as(blk), _kv_of_sel(plan, device).expand_as(blk), blk.clamp(max=n_left_blocks)] = True
+    chosen = chosen[..., :n_left_blocks]
+    in_block = chosen.repeat_interleave(key_block, dim=2)
+    stray = torch.zeros(batch, nheads_kv, region + 1, dtype=torch.bool, device=device)
+    stray[b.expand_as(col), _kv_of_sel(plan, device).expand_as(col), col.clamp(max=region)] = True
+    stray = stray[..., :region] & ~in_block
+    n_blocks = chosen.sum(-1, keepdim=True)
+    block_slot = torch.cumsum(chosen, dim=-1) - 1
+    j = torch.arange(region, device=device)
+    slot = torch.where(in_block, block_slot.repeat_interleave(key_block, dim=2) * key_block + j % key_block,
+                       n_blocks * key_block + torch.cumsum(stray, dim=-1) - 1)
+    n_sparse = int((n_blocks.squeeze(-1) * key_block + stray.sum(-1)).max()) if region else 0
+    n_sparse = -(-n_sparse // key_block) * key_block
+    positions = torch.full((batch, nheads_kv, n_sparse), -1, dtype=torch.int64, device=device)
+    b_at, h_at, j_at = torch.nonzero(in_block | stray).unbind(1)
+    positions[b_at, h_at, slot[b_at, h_at, j_at]] = j_at
+    return slot, block_slot, positions
+
+
 def _far_call(q_rows, store: KeyStore, cp_plan: ContextParallelPlan, piece: Piece, key_block: int):
     """The piece's rows against the compact tensor of the keys left of ``own_from`` that they
     keep (module docstring): (q, k, v, plan view, q_offset)."""
     plan = cp_plan.plan
     device = q_rows.device
-    batch, nheads_kv = plan.batch, plan.nheads_kv
-    widest = int(plan.window.max())
-    region = min(piece.own_from, max(0, (piece.start - widest + 1) // key_block * key_block))
+    # Every row's window band starts at or right of the region's first key.
+    region = min(piece.own_from, max(0, (piece.start - int(plan.window.max()) + 1) // key_block * key_block))
     col, blk = _piece_lists(cp_plan, piece)
-    kv = _kv_of_sel(plan, device).expand(batch, -1, *col.shape[2:])
-    b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
-    # Per (batch, KV head): the key blocks left of the region chosen by some selection head, and
-    # the columns left of it outside those blocks.
-    n_left_blocks = region // key_block
-    chosen = torch.zeros(batch, nheads_kv, n_left_blocks + 1, dtype=torch.bool, device=device)
-    if blk is not None:
-        kv_b = _kv_of_sel(plan, device).expand(batch, -1, *blk.shape[2:])
-        chosen[b.expand_as(blk), kv_b, blk.clamp(max=n_left_blocks)] = True
-    chosen = chosen[..., :n_left_blocks]
-    in_block = chosen.repeat_interleave(key_block, dim=2)
-    stray = torch.zeros(batch, nheads_kv, region + 1, dtype=torch.bool, device=device)
-    stray[b.expand_as(col), kv, col.clamp(max=region)] = True
-    stray = stray[..., :region] & ~in_block
-    n_blocks = chosen.sum(-1, keepdim=True)
-    block_slot = torch.cumsum(chosen, dim=-1) - 1  # (B, Hkv, n_left_blocks)
-    j = torch.arange(region, device=device)
-    slot = torch.where(in_block, block_slot.repeat_interleave(key_block, dim=2) * key_block + j % key_block,
-                       n_blocks * key_block + torch.cumsum(stray, dim=-1) - 1)  # (B, Hkv, region)
-    used = in_block | stray
-    n_sparse = int((n_blocks.squeeze(-1) * key_block + stray.sum(-1)).max()) if region else 0
-    n_sparse = -(-n_sparse // key_block) * key_block
-    positions = torch.full((batch, nheads_kv, n_sparse), -1, dtype=torch.int64, device=device)
-    at = torch.nonzero(used)
-    positions[at[:, 0], at[:, 1], slot[at[:, 0], at[:, 1], at[:, 2]]] = at[:, 2]
-    window_run = torch.arange(region, piece.own_from, device=device).expand(batch, nheads_kv, -1)
+    slot, block_slot, positions = _left_of_region(col, blk, plan, region, key_block)
+    window_run = torch.arange(region, piece.own_from, device=device).expand(plan.batch, plan.nheads_kv, -1)
     k_far, v_far = store.gather(torch.cat([positions, window_run], dim=2))
     n_keys = k_far.shape[1]
-    shift = n_sparse - region  # call index of a key in the window region: position + shift
+    shift = positions.shape[2] - region  # call index of a key in the window region: position + shift
+    b = torch.arange(plan.batch, device=device).view(-1, 1, 1, 1)
+    kv = _kv_of_sel(plan, device)
     left = slot[b, kv, col.clamp(max=max(region - 1, 0))] if region else col
     col = torch.where(col < region, left, torch.where(col < piece.own_from, col + shift, n_keys))
     if blk is not None:
-        kv_b = _kv_of_sel(plan, device).expand(batch, -1, *blk.shape[2:])
-        left = block_slot[b, kv_b, blk.clamp(max=max(n_left_blocks - 1, 0))] if n_left_blocks else blk
+        n_left_blocks = region // key_block
+        left = block_slot[b, kv, blk.clamp(max=max(n_left_blocks - 1, 0))] if n_left_blocks else blk
         inside = blk * key_block < piece.own_from
         blk = torch.where(blk < n_left_blocks, left,
                           torch.where(inside, blk + shift // key_block, -(-n_keys // key_block)))
