@@ -4,8 +4,10 @@ Only ``@triton.jit`` functions live here; `sparse_attention.py` validates, alloc
 launches. Everything is in the log2 domain: scores are multiplied by ``scale * log2(e)`` and
 exponentiated with ``exp2``.
 
-For a query block of rows with absolute positions ``p`` (bottom-right alignment,
-``p_i = seqlen_k - seqlen_q + i``) and window ``w``, row ``i`` attends to
+For a query block of rows with positions ``p_i = q_offset + i`` among the keys (the launcher
+passes ``q_offset = seqlen_k - seqlen_q``, bottom-right alignment, unless told otherwise: a chunk
+of a longer sequence may start left of its keys' end or right of it) and window ``w``, row ``i``
+attends to
 
 * (a) gathered columns ``j`` of the selection with ``j <= p_i - w`` (left of its window),
 * (a') with ``HAS_BLOCKS``, the keys ``j <= p_i - w`` of the key blocks chosen for the query
@@ -95,8 +97,8 @@ def _block_tiles(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=LENGTH_ARGS + ["stride_lb", "stride_lh", "stride_eb", "stride_eh", "stride_xb",
-                                               "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
+@triton.jit(do_not_specialize=LENGTH_ARGS + ["q_offset", "stride_lb", "stride_lh", "stride_eb", "stride_eh",
+                                               "stride_xb", "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
 def sparse_attention_fwd_kernel(
     Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL, BLK_IDX, BLK_END, BLK_ALL, MEMBER,
     stride_qb, stride_qm, stride_qh,
@@ -109,7 +111,7 @@ def sparse_attention_fwd_kernel(
     stride_eb, stride_eh,
     stride_xb, stride_xh, stride_xq,
     stride_ub, stride_uh,
-    nheads_q, seqlen_q, seqlen_k, qk_scale,
+    nheads_q, seqlen_q, seqlen_k, q_offset, qk_scale,
     q_per_kv, q_per_sel, segment_rows, m_stride, m_first, block_rows,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RETURN_LSE: tl.constexpr, LSE_ONLY: tl.constexpr,
@@ -118,7 +120,8 @@ def sparse_attention_fwd_kernel(
     """One program: BLOCK_M query rows of one (batch, query head); the grid is
     (launched query blocks * q_per_kv, batch * Hkv).
 
-    Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); LSE (B, Hq, Sq) fp32;
+    Shapes: Q, O (B, Sq, Hq, D); K, V (B, Sk, Hkv, D); LSE (B, Hq, Sq) fp32; query row i sits at
+    key position ``q_offset + i`` (any integer: keys outside [0, Sk) do not exist);
     COL_IDX (B, Hsel, n_seg, kmax) int32, ascending; COL_END (B, Hq, n_mblocks) int32, the
     number of leading COL_IDX entries that lie left of the block's last row's window; COL_ALL
     (same shape and strides) the number left of its first row's window; WINDOW (Hq,) int32.
@@ -155,7 +158,7 @@ def sparse_attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     m_mask = offs_m < seqlen_q
-    offset = seqlen_k - seqlen_q
+    offset = q_offset
     pos = offset + offs_m
     w = tl.load(WINDOW + h)
 
@@ -231,7 +234,8 @@ def sparse_attention_fwd_kernel(
     first_pos = offset + row0
     last_pos = offset + tl.minimum(row0 + BLOCK_M, seqlen_q) - 1
     band_lo = tl.maximum(first_pos - w + 1, 0)
-    band_hi = tl.where(w > 0, last_pos + 1, band_lo)
+    # Rows right of the last key (q_offset > Sk - Sq) see no key past it.
+    band_hi = tl.minimum(tl.where(w > 0, last_pos + 1, band_lo), seqlen_k)
     tile_lo = (band_lo // BLOCK_N) * BLOCK_N
     # Interior: keys every row of the block keeps (inside every row's window, causal for all).
     inner_lo = tl.maximum(tile_lo, ((last_pos - w + 1 + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)

@@ -71,13 +71,16 @@ def use_compact_columns(q, k, v, col_idx, *, q_per_sel: int, lse_only: bool) -> 
 
 def _entries_left_of_window(
     idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_m: int,
-    rows_per_list: int, unit: int, q_per_sel: int,
+    rows_per_list: int, unit: int, q_per_sel: int, q_offset: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts over sorted index lists, one list per selection head and group of ``rows_per_list``
     query rows; entry e stands for the keys ``[e * unit, (e + 1) * unit)``. For each (batch,
     query head, kernel query block of ``block_m`` rows): how many leading entries lie wholly
     left of the window of the block's first row, ``e < floor((first_pos - w + 1) / unit)``, and
     how many hold a key left of the window of its last row, ``e < floor((last_pos - w) / unit) + 1``.
+    Row i sits at position ``q_offset + i`` (None: ``seqlen_k - seqlen_q``); entries past the
+    keys' end are never counted (rows right of the last key: the bounds are clamped to
+    ``floor(seqlen_k / unit)`` and ``ceil(seqlen_k / unit)``, which bottom-right rows never pass).
 
     Args:
         idx: (B, Hsel, n_lists, width) int32, ascending, padded with a value above every bound.
@@ -90,12 +93,13 @@ def _entries_left_of_window(
     mb_per_list = rows_per_list // block_m
     device = idx.device
     mb = torch.arange(n_lists * mb_per_list, device=device)
-    offset = seqlen_k - seqlen_q
+    offset = seqlen_k - seqlen_q if q_offset is None else q_offset
     first_pos = offset + torch.clamp(mb * block_m, max=seqlen_q - 1)
     last_pos = offset + torch.clamp((mb + 1) * block_m, max=seqlen_q) - 1
     w = window.to(device=device, dtype=torch.int64).view(n_sel, q_per_sel, 1)
-    all_hi = torch.div(first_pos.view(1, 1, -1) - w + 1, unit, rounding_mode="floor")
+    all_hi = torch.div(first_pos.view(1, 1, -1) - w + 1, unit, rounding_mode="floor").clamp(max=seqlen_k // unit)
     end_hi = torch.div(last_pos.view(1, 1, -1) - w, unit, rounding_mode="floor") + 1
+    end_hi = end_hi.clamp(max=-(-seqlen_k // unit))
     hi = torch.stack([all_hi, end_hi])  # (2, Hsel, q_per_sel, n_lists * mb_per_list)
     hi = hi.view(2, n_sel, q_per_sel, n_lists, mb_per_list).permute(1, 3, 0, 2, 4).reshape(1, n_sel, n_lists, -1)
     hi = hi.expand(batch, -1, -1, -1).clamp(min=0).contiguous().to(idx.dtype)
@@ -107,7 +111,7 @@ def _entries_left_of_window(
 
 def columns_left_of_window(
     col_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int,
-    block_m: int, segment_rows: int, q_per_sel: int,
+    block_m: int, segment_rows: int, q_per_sel: int, q_offset: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (batch, query head, query block): how many leading selected columns lie left of
     the window of the block's first row (``< first_pos - w + 1``: the columns every row of the
@@ -121,12 +125,12 @@ def columns_left_of_window(
         never O(seqlen^2).
     """
     return _entries_left_of_window(col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
-                                   rows_per_list=segment_rows, unit=1, q_per_sel=q_per_sel)
+                                   rows_per_list=segment_rows, unit=1, q_per_sel=q_per_sel, q_offset=q_offset)
 
 
 def blocks_left_of_window(
     blk_idx: torch.Tensor, window: torch.Tensor, *, seqlen_q: int, seqlen_k: int, block_m: int,
-    block_rows: int, key_block: int, q_per_sel: int,
+    block_rows: int, key_block: int, q_per_sel: int, q_offset: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (batch, query head, kernel query block of ``block_m`` rows): how many leading
     chosen key blocks lie wholly left of the window of the block's first row (every row keeps
@@ -140,7 +144,7 @@ def blocks_left_of_window(
         blk_all, blk_end: (B, Hq, n_mblocks) int32 each.
     """
     return _entries_left_of_window(blk_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m,
-                                   rows_per_list=block_rows, unit=key_block, q_per_sel=q_per_sel)
+                                   rows_per_list=block_rows, unit=key_block, q_per_sel=q_per_sel, q_offset=q_offset)
 
 
 def column_members(col_idx: torch.Tensor, seqlen_k: int) -> torch.Tensor:
@@ -174,6 +178,7 @@ def sparse_attention_fwd(
     block_rows: int = 0,
     key_block: int = 0,
     has_columns: bool = True,
+    q_offset: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run the stage-3 kernel.
 
@@ -198,6 +203,11 @@ def sparse_attention_fwd(
             ``block_rows`` rows (blocks of ``key_block`` keys), ascending, padded with n_kblocks;
             needs a single segment. ``has_columns=False`` says col_idx holds no column (the
             block loop then skips no key).
+        q_offset: the key position of query row 0 (row i sits at ``q_offset + i``, sees keys
+            ``j <= q_offset + i`` and its window ``(q_offset + i - w, q_offset + i]``); None is
+            ``seqlen_k - seqlen_q``, bottom-right alignment. Any integer: a chunk of a longer
+            sequence may start before its keys (leading rows see fewer or no keys) or after
+            them (all keys left of every row). Column and block indices stay key indices.
     Returns:
         out (B, Sq, Hq, D) in q's dtype (None with ``lse_only``), and lse (B, Hq, Sq) fp32
         natural log-sum-exp (or None).
@@ -219,9 +229,10 @@ def sparse_attention_fwd(
     if segment_rows % block_m:
         raise ValueError(f"segment_rows={segment_rows} must be a multiple of block_m={block_m}")
     col_idx = col_idx.contiguous()
+    q_offset = seqlen_k - seqlen_q if q_offset is None else int(q_offset)
     col_all, col_end = columns_left_of_window(
         col_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k, block_m=block_m, segment_rows=segment_rows,
-        q_per_sel=q_per_sel,
+        q_per_sel=q_per_sel, q_offset=q_offset,
     )
     return_lse = return_lse or lse_only
     out = torch.empty((1, 1, 1, 1), device=q.device, dtype=q.dtype) if lse_only else torch.empty_like(q)
@@ -248,7 +259,7 @@ def sparse_attention_fwd(
         blk_idx = blk_idx.contiguous()
         blk_all, blk_end = blocks_left_of_window(blk_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
                                                  block_m=block_m, block_rows=block_rows, key_block=key_block,
-                                                 q_per_sel=q_per_sel)
+                                                 q_per_sel=q_per_sel, q_offset=q_offset)
         member = column_members(col_idx, seqlen_k) if has_columns else col_idx
         blk_strides = (batch_stride(blk_idx), blk_idx.stride(1), blk_idx.stride(2))
         member_strides = (batch_stride(member), member.stride(1)) if has_columns else (0, 0)
@@ -269,7 +280,7 @@ def sparse_attention_fwd(
         batch_stride(col_end), col_end.stride(1),
         *blk_strides,
         *member_strides,
-        nheads_q, seqlen_q, seqlen_k, scale * math.log2(math.e),
+        nheads_q, seqlen_q, seqlen_k, q_offset, scale * math.log2(math.e),
         nheads_q // nheads_kv, q_per_sel, segment_rows, m_stride, m_first, max(block_rows, 1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         RETURN_LSE=return_lse, LSE_ONLY=lse_only, COMPACT=compact, HAS_BLOCKS=has_blocks,

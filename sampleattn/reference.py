@@ -200,12 +200,25 @@ def rescore_ref(
 
 def sparse_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: SparsePlan, *,
-    return_lse: bool = False, upcast: bool = True,
+    return_lse: bool = False, upcast: bool = True, q_offset: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Dense attention under the plan's mask expanded to (B, Hq, Sq, Sk)."""
-    check_qkv(q, k, v)
-    return attention_ref(q, k, v, scale=plan.scale, mask=plan.to_dense(), return_lse=return_lse,
-                         upcast=upcast)
+    """Dense attention under the plan's mask expanded to (B, Hq, Sq, Sk).
+
+    ``q_offset`` (the oracle of `sampleattn.kernels.sparse_attention_fwd`'s): query row i sits at
+    key position ``q_offset + i`` instead of ``Sk - Sq + i``; any integer, so Sq may exceed Sk.
+    """
+    if q_offset is None:
+        check_qkv(q, k, v)
+        return attention_ref(q, k, v, scale=plan.scale, mask=plan.to_dense(), return_lse=return_lse,
+                             upcast=upcast)
+    expected = (plan.batch, plan.seqlen_q, plan.nheads_q, plan.seqlen_k, plan.nheads_kv)
+    got = (q.shape[0], q.shape[1], q.shape[2], k.shape[1], k.shape[2])
+    if got != expected or v.shape != k.shape:
+        raise ValueError(f"the plan is for (batch, seqlen_q, nheads_q, seqlen_k, nheads_kv)={expected}; got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)}")
+    # The plan's mask holds the causal bound j <= q_offset + i itself.
+    mask = plan_mask_rows(plan, torch.arange(plan.seqlen_q, device=plan.col_idx.device), q_offset=q_offset)
+    return attention_ref(q, k, v, causal=False, scale=plan.scale, mask=mask, return_lse=return_lse, upcast=upcast)
 
 
 def sample_attention_ref(
@@ -226,15 +239,17 @@ def sample_attention_ref(
     return (out, sparse_plan) if return_plan else out
 
 
-def plan_mask_rows(plan: SparsePlan, rows: torch.Tensor) -> torch.Tensor:
+def plan_mask_rows(plan: SparsePlan, rows: torch.Tensor, *, q_offset: int | None = None) -> torch.Tensor:
     """The plan's mask for some query rows only: (B, Hq, len(rows), Sk) bool.
 
     For checking long inputs on a subset of rows without the (B, Hq, Sq, Sk) mask.
-    rows: (n,) int64 query-row indices.
+    rows: (n,) int64 query-row indices. q_offset: the key position of query row 0 (None:
+    ``Sk - Sq``, bottom-right alignment).
     """
     device = plan.col_idx.device
     rows = rows.to(device, torch.int64)
-    pos = (plan.seqlen_k - plan.seqlen_q + rows).view(1, 1, -1, 1)
+    offset = plan.seqlen_k - plan.seqlen_q if q_offset is None else q_offset
+    pos = (offset + rows).view(1, 1, -1, 1)
     j = torch.arange(plan.seqlen_k, device=device).view(1, 1, 1, -1)
     w = plan.window.to(device, torch.int64).view(1, -1, 1, 1)
     in_window = (j <= pos) & (j > pos - w)

@@ -222,3 +222,74 @@ def test_compact_columns_copy_the_right_rows_and_are_chosen_by_memory():
     large = torch.zeros(2, 2, 1, fits + 1, dtype=torch.int32, device=DEVICE)
     assert use_compact_columns(q, k, v, small, q_per_sel=2, lse_only=False)
     assert not use_compact_columns(q, k, v, large, q_per_sel=2, lse_only=False)
+
+
+# (batch, Sq, Sk, Hq, Hkv, q_per_sel, q_offset, key_block (0: no blocks), segment_rows, block_m, block_n, dtype)
+OFFSET_CASES = [
+    (1, 97, 150, 4, 2, 1, -30, 0, None, 32, 32, torch.float32),  # leading rows before the first key
+    (2, 130, 90, 4, 1, 4, 200, 16, None, 64, 16, torch.float16),  # every key left of every row, Sq > Sk
+    (1, 70, 200, 2, 2, 1, 45, 32, None, 32, 32, torch.float32),  # rows in the middle of the keys
+    (1, 100, 64, 8, 2, 4, 64, 16, None, 32, 16, torch.float16),  # rows right after the keys (GQA 4)
+    (1, 150, 120, 4, 2, 2, -10, 0, 64, 32, 32, torch.float32),  # one column set per segment of 64 rows
+]
+
+
+def offset_case(case, seed=0):
+    """q, k, v and a hand plan (random windows, columns and, with a key block, key blocks per
+    query block) for a case of `OFFSET_CASES`."""
+    import dataclasses
+
+    from sampleattn.sparse_plan import KeyBlocks
+
+    batch, seqlen_q, seqlen_k, hq, hkv, q_per_sel, _, key_block, segment_rows, block_m, _, dtype = case
+    q, k, v, plan = make_case(batch, seqlen_q, seqlen_k, hq, hkv, 64, dtype, q_per_sel=q_per_sel,
+                              segment_rows=segment_rows, block_m=block_m, seed=seed)
+    # every other head keeps its whole past as its window: the band's unmasked interior tiles
+    wide = plan.window.clone()
+    wide[1::2] = seqlen_q + seqlen_k
+    plan = dataclasses.replace(plan, window=wide)
+    if not key_block:
+        return q, k, v, plan
+    g = torch.Generator().manual_seed(seed)
+    n_kb, n_qb = -(-seqlen_k // key_block), -(-seqlen_q // block_m)
+    chosen = torch.rand(batch, hq // q_per_sel, n_qb, n_kb, generator=g) < 0.4
+    blk_idx = torch.where(chosen, torch.arange(n_kb), n_kb).sort(dim=-1).values.to(torch.int32)
+    blocks = KeyBlocks(blk_idx=blk_idx.to(DEVICE), blk_count=chosen.sum(-1).to(torch.int32).to(DEVICE),
+                       block_rows=block_m, key_block=key_block)
+    return q, k, v, dataclasses.replace(plan, blocks=blocks)
+
+
+@pytest.mark.parametrize("case", OFFSET_CASES, ids=lambda c: f"{c[1]}x{c[2]}-at{c[6]}-{c[3]}/{c[4]}-kb{c[7]}")
+def test_query_offset_matches_the_reference(case):
+    """Query rows placed anywhere along the keys (``q_offset``): the kernel equals the oracle with
+    the same offset, in the output and the lse, through the gathered and the compact column loads."""
+    from sampleattn.kernels import sparse_attention_fwd
+
+    q_offset, block_m, block_n, dtype = case[6], case[9], case[10], case[11]
+    q, k, v, plan = offset_case(case, seed=case[1])
+    blocks = {}
+    if plan.blocks is not None:
+        blocks = dict(blk_idx=plan.blocks.blk_idx, block_rows=plan.blocks.block_rows, key_block=plan.blocks.key_block)
+    ref, lse_ref = sparse_attention_ref(q.float(), k.float(), v.float(), plan, return_lse=True, q_offset=q_offset)
+    lead = max(0, -q_offset)  # rows before the first key keep nothing
+    assert lead == 0 or torch.isinf(lse_ref[:, :, :lead]).all()
+    for compact in (False, True) if case[5] % (case[3] // case[4]) == 0 else (False,):
+        out, lse = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, segment_rows=plan.segment_rows,
+                                        q_per_sel=plan.q_per_sel, scale=plan.scale, block_m=block_m, block_n=block_n,
+                                        return_lse=True, q_offset=q_offset, compact=compact, **blocks)
+        assert not torch.isnan(out).any()
+        assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3), compact
+        finite = torch.isfinite(lse_ref)
+        assert torch.equal(torch.isfinite(lse), finite)
+        assert torch.allclose(lse[finite], lse_ref[finite], atol=2e-3, rtol=1e-3)
+
+
+def test_bottom_right_offset_is_the_default():
+    """``q_offset = Sk - Sq`` is what the kernel does without one: bit-identical outputs."""
+    from sampleattn.kernels import sparse_attention_fwd
+
+    q, k, v, plan = make_case(1, 70, 130, 4, 2, 64, torch.float16, seed=4)
+    kwargs = dict(segment_rows=plan.segment_rows, q_per_sel=1, scale=plan.scale, return_lse=True)
+    out, lse = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, **kwargs)
+    out_at, lse_at = sparse_attention_fwd(q, k, v, plan.col_idx, plan.window, q_offset=60, **kwargs)
+    assert torch.equal(out, out_at) and torch.equal(lse, lse_at)

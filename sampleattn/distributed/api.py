@@ -11,14 +11,15 @@ from sampleattn.attention import Backend, resolve_backend, sample_attention
 from sampleattn.config import SampleAttentionConfig
 from sampleattn.planning import RowStatistics, make_plan, prepare_plan
 from sampleattn.rules import BlockRule, SampledRule
-from sampleattn.validation import check_inference_only, check_qkv, default_scale
+from sampleattn.validation import check_inference_only, check_kernel_head_dim, check_qkv, default_scale
 
 from .comm import ByteCounter, Communicator
-from .fetch import fetch_keys_start, key_sets, own_key_sets
+from .fetch import fetch_keys_start
 from .key_blocks import choose_key_blocks_cp
 from .layout import Layout, SequenceLayout
-from .local_mask import LocalMask, attend, merge_by_lse
+from .local_mask import LocalMask
 from .plan import ContextParallelPlan
+from .stage3 import attend_rank
 from .stripes import gather_sampled_queries, select_columns_cp, stripe_scores_cp
 
 __all__ = ["sample_attention_cp"]
@@ -131,8 +132,9 @@ def sample_attention_cp(
         layout: ``"contiguous"`` or ``"zigzag"`` (two pieces per rank, balanced causal work).
         timeout: seconds (or a timedelta) any one collective may take before every waiting rank
             raises `ContextParallelError`.
-        backend: ``"auto"``/``"triton"`` scores the block rule with its Triton kernel where it
-            runs; ``"torch"`` uses plain PyTorch. Stage 3 across ranks is plain PyTorch.
+        backend: ``"auto"``/``"triton"`` runs stage 3 (and the block rule's estimate) in the
+            operator's Triton kernels where they run; ``"torch"`` in plain PyTorch. The paper
+            rule's stage 1 is plain PyTorch either way.
         counter: a `ByteCounter` that receives the bytes this rank sends, per phase.
     Returns:
         out (B, L, Hq, D) in q's dtype; then lse (B, Hq, L) fp32 if ``return_lse``; then the
@@ -146,6 +148,8 @@ def sample_attention_cp(
     scale = default_scale(q, scale)
     spec = SequenceLayout(layout, comm.world, q.shape[1])
     chosen = resolve_backend(q, backend)
+    if chosen == "triton" and comm.world > 1:
+        check_kernel_head_dim(q.shape[-1])  # the same on every rank (compared above): all raise
     if comm.world == 1:
         outputs = sample_attention(q, k, v, config, scale=scale, return_lse=return_lse, return_plan=return_plan,
                                    backend=backend)
@@ -166,7 +170,7 @@ def sample_attention_cp(
                              "dense_above=1.0 under context parallelism")
         if cp_plan.plan.mean_density > config.dense_above:  # the operator would run dense attention
             dense, cp_plan = True, _plan_cp(q, k, _dense_config(config), spec, comm, scale, chosen)
-    out, lse = _attend_cp(q, k, v, cp_plan, spec, comm, scale)
+    out, lse = _attend_cp(q, k, v, cp_plan, spec, comm, chosen)
     outputs: tuple = (out.to(q.dtype),)
     if return_lse:
         outputs += (lse,)
@@ -175,14 +179,13 @@ def sample_attention_cp(
     return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _attend_cp(q, k, v, cp_plan: ContextParallelPlan, layout: SequenceLayout, comm: Communicator, scale: float):
-    """Stage 3: own keys while the others' needed keys travel, then theirs; merged by log-sum-exp."""
+def _attend_cp(q, k, v, cp_plan: ContextParallelPlan, layout: SequenceLayout, comm: Communicator, backend: str):
+    """Stage 3: the kernel over the rank's own keys while the others' needed keys travel, then
+    over theirs; merged by log-sum-exp (`sampleattn.distributed.stage3`)."""
     positions = layout.positions(comm.rank, q.device)
     mask = LocalMask.from_plan(cp_plan.plan, positions, cp_plan.query_blocks, cp_plan.blocks)
-    nheads_kv = k.shape[2]
-    finish = fetch_keys_start(k, v, mask.needed_keys(nheads_kv, layout.seqlen), layout, comm)
-    out_own, lse_own = attend(q, mask, own_key_sets(k, v, positions), scale=scale, nheads_kv=nheads_kv)
-    fetched = finish()
-    out_far, lse_far = attend(q, mask, key_sets(fetched, q.shape[0], nheads_kv), scale=scale, nheads_kv=nheads_kv)
-    return merge_by_lse(out_own, lse_own, out_far, lse_far)
+    finish = fetch_keys_start(k, v, mask.needed_keys(k.shape[2], layout.seqlen), layout, comm)
+    config = cp_plan.config
+    return attend_rank(q, k, v, cp_plan, layout, comm.rank, finish, backend=backend, block_m=config.block_m,
+                       block_n=config.block_n)
 

@@ -14,7 +14,7 @@ import torch
 from .comm import Communicator
 from .layout import SequenceLayout
 
-__all__ = ["FetchedKeys", "fetch_keys_start", "key_sets", "own_key_sets"]
+__all__ = ["FetchedKeys", "fetch_keys_start"]
 
 #: What arrived: (n, 3) int64 (batch, KV head, global key) and (n, 2, D) their key and value.
 FetchedKeys = tuple[torch.Tensor, torch.Tensor]
@@ -49,19 +49,3 @@ def fetch_keys_start(k: torch.Tensor, v: torch.Tensor, need: torch.Tensor, layou
         return torch.cat(asked), torch.cat(pending.wait())
 
     return finish
-
-
-def key_sets(fetched: FetchedKeys, batch: int, nheads_kv: int):
-    """The fetched keys as `sampleattn.distributed.local_mask.attend`'s ``key_sets``."""
-    where, kv = fetched
-    for b in range(batch):
-        for h in range(nheads_kv):
-            sel = (where[:, 0] == b) & (where[:, 1] == h)
-            yield b, h, where[sel, 2], kv[sel, 0], kv[sel, 1]
-
-
-def own_key_sets(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
-    """This rank's own keys as ``key_sets`` (k, v: (B, L, Hkv, D); positions (L,) int64)."""
-    for b in range(k.shape[0]):
-        for h in range(k.shape[2]):
-            yield b, h, positions, k[b, :, h], v[b, :, h]

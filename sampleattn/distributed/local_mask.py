@@ -1,24 +1,18 @@
-"""The plan's mask restricted to one rank's query rows, and attention over any set of its keys.
+"""The plan's mask restricted to one rank's query rows: which keys the rank must fetch, and the
+log-sum-exp merge of attention over disjoint key sets.
 
-Stage 3 on a rank runs twice: over the keys the rank holds (no traffic) and over the keys fetched
-from the others; each run is exact attention under the mask over its keys, with its log-sum-exp,
-and the two merge by log-sum-exp (`merge_by_lse`). Both runs are plain PyTorch: the stage-3
-kernel addresses keys by their position in one contiguous key tensor, which a set of gathered
-keys is not.
+Stage 3 on a rank (`sampleattn.distributed.stage3`) attends over the keys it holds and over the
+keys fetched from the others (`LocalMask.needed_keys`, less its own) in separate calls, each
+exact attention under the mask over its keys with its log-sum-exp; `merge_by_lse` joins them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
-__all__ = ["LocalMask", "attend", "merge_by_lse"]
-
-#: Elements of one step's (heads, rows, keys) logits in `attend` (fp32: 512 MiB): the rows per
-#: step shrink as the keys grow, so memory stays bounded at any length.
-STEP_ELEMENTS = 1 << 27
+__all__ = ["LocalMask", "merge_by_lse"]
 
 
 @dataclass(frozen=True)
@@ -59,21 +53,6 @@ class LocalMask:
                    blocks=blocks, block_rows=key_blocks.block_rows if key_blocks is not None else 0,
                    key_block=key_blocks.key_block if key_blocks is not None else 0)
 
-    def keep(self, batch: int, heads: slice, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """(h, r, n) bool: whether local rows ``rows`` (r,) of query heads ``heads`` keep global keys
-        ``keys`` (n,) of batch entry ``batch``."""
-        p = self.positions[rows].view(1, -1, 1)
-        j = keys.view(1, 1, -1)
-        head_ids = torch.arange(heads.start, heads.stop, device=keys.device)
-        w = self.window[heads].view(-1, 1, 1)
-        sel = (head_ids // self.q_per_sel).view(-1, 1, 1)
-        seg = torch.div(p, self.segment_rows, rounding_mode="floor")
-        kept = (j > p - w) | self.columns[batch, sel, seg, j]
-        if self.blocks is not None:
-            qb = torch.searchsorted(self.query_blocks, torch.div(p, self.block_rows, rounding_mode="floor"))
-            kept = kept | self.blocks[batch, sel, qb, torch.div(j, self.key_block, rounding_mode="floor")]
-        return kept & (j <= p)
-
     def needed_keys(self, nheads_kv: int, seqlen: int) -> torch.Tensor:
         """(B, Hkv, S) bool: the keys some local row keeps, per KV head (window bands, the selected
         columns and key blocks left of the last local row)."""
@@ -98,40 +77,6 @@ class LocalMask:
         need |= by_kv > 0
         need &= torch.arange(seqlen, device=device).view(1, 1, -1) <= self.positions.max()
         return need
-
-
-def attend(q: torch.Tensor, mask: LocalMask, key_sets: Iterable[tuple[int, int, torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]],
-           *, scale: float, nheads_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of this rank's rows over some keys, under the mask.
-
-    Args:
-        q: (B, L, Hq, D) this rank's queries; query head h reads KV head ``h // (Hq / nheads_kv)``.
-        key_sets: ``(batch, kv_head, positions (n,) int64, k (n, D), v (n, D))`` items; a (batch,
-            KV head) left out has no keys here.
-    Returns:
-        out (B, L, Hq, D) fp32 (0 for a row that keeps no key here) and lse (B, Hq, L) fp32 natural
-        log-sum-exp (-inf for such a row).
-    """
-    batch, local, nheads_q, head_dim = q.shape
-    out = torch.zeros(batch, local, nheads_q, head_dim, dtype=torch.float32, device=q.device)
-    lse = torch.full((batch, nheads_q, local), float("-inf"), device=q.device)
-    for b, kv, keys, k, v in key_sets:
-        if keys.numel() == 0:
-            continue
-        group = nheads_q // nheads_kv
-        heads = slice(kv * group, (kv + 1) * group)
-        step = max(16, STEP_ELEMENTS // (group * keys.numel()))
-        for r0 in range(0, local, step):
-            rows = torch.arange(r0, min(local, r0 + step), device=q.device)
-            s = torch.matmul(q[b, rows, heads].float().transpose(0, 1), k.float().t()) * scale
-            s = s.masked_fill(~mask.keep(b, heads, rows, keys), float("-inf"))
-            row_lse = torch.logsumexp(s, dim=-1)
-            empty = (row_lse == float("-inf")).unsqueeze(-1)
-            p = torch.where(empty, 0.0, torch.exp(s - row_lse.unsqueeze(-1)))
-            out[b, rows, heads] = torch.matmul(p, v.float()).transpose(0, 1)
-            lse[b, heads, rows] = row_lse
-    return out, lse
 
 
 def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,

@@ -42,10 +42,11 @@ def run_cases(rank: int, world: int, port: int, cases: list[dict], out_dir: str)
     from sampleattn.distributed import ByteCounter, Communicator, gather_plan, sample_attention_cp, split_sequence
 
     if world == 3:
-        # small steps, so that stage 1 scores its keys and stage 3 attends its rows in several chunks
-        from sampleattn.distributed import local_mask, stripes
+        # small steps, so that stage 1 scores its keys and stage 3's PyTorch path attends its rows
+        # in several chunks
+        from sampleattn.distributed import stage3, stripes
 
-        local_mask.STEP_ELEMENTS = stripes.STEP_ELEMENTS = 4096
+        stage3.STEP_ELEMENTS = stripes.STEP_ELEMENTS = 4096
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:

@@ -35,13 +35,13 @@ SHAPES = {  # batch, query heads, KV heads (GQA 2:1 and MQA 4:1)
     "sampled": (2, 4, 2), "sampled-kv": (1, 4, 1), "block": (2, 4, 2), "block-stripes": (1, 4, 2), "dense": (1, 2, 1),
 }
 # (config, layout, backend) per world size: every rule and layout at several world sizes, each
-# world size both layouts; the block rule's estimate takes the Triton kernel (interpreter) under
-# "auto" and plain PyTorch under "torch"
+# world size both layouts; stage 3 and the block rule's estimate take the Triton kernels
+# (interpreter) under "auto" and plain PyTorch under "torch"
 RUNS = {
     1: [("sampled", "contiguous", "auto"), ("block", "zigzag", "auto"), ("dense", "contiguous", "auto")],
     2: [("sampled", "contiguous", "auto"), ("sampled-kv", "zigzag", "auto"), ("block", "zigzag", "torch"),
         ("block-stripes", "contiguous", "auto"), ("dense", "contiguous", "auto")],
-    3: [("sampled", "zigzag", "auto"), ("sampled-kv", "contiguous", "auto"), ("block", "contiguous", "auto"),
+    3: [("sampled", "zigzag", "auto"), ("sampled-kv", "contiguous", "auto"), ("block", "contiguous", "torch"),
         ("block-stripes", "zigzag", "auto")],
     4: [("sampled", "contiguous", "auto"), ("sampled", "zigzag", "auto"), ("block", "contiguous", "auto"),
         ("block", "zigzag", "auto"), ("block-stripes", "zigzag", "torch")],
@@ -105,9 +105,9 @@ def test_output_equals_single_process_operator(world_run, operator_results):
         lse = join_sequence([r["lse"] for r in per_rank], case["layout"], dim=2)
         where = f"{_name(case)} {case['layout']} {case['backend']} world {world}"
         assert not torch.isnan(out).any(), where
-        # fp32 throughout; the operator's Triton kernel and the ranks' PyTorch attention differ in
-        # summation order only
-        torch.testing.assert_close(out, out_ref, atol=2e-5, rtol=1e-4, msg=where)
+        # fp32 throughout; one kernel call over every key and the ranks' calls over their own and
+        # the fetched keys, merged by log-sum-exp, differ in summation order only
+        torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5, msg=where)
         torch.testing.assert_close(lse, lse_ref, atol=2e-5, rtol=1e-5, msg=where)
 
 
