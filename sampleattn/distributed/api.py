@@ -27,6 +27,16 @@ __all__ = ["sample_attention_cp"]
 _DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
 
 
+def check_rule_has_cp_form(rule) -> None:
+    """Refuse a selection rule, or a parameter of one, that the ranks cannot reproduce exactly."""
+    if not isinstance(rule, (SampledRule, BlockRule)):
+        raise ValueError(f"selection={rule.name!r} has no context-parallel form; use 'sampled' or 'block'")
+    if isinstance(rule, BlockRule) and rule.row_stride != 1:
+        # a query block cut by a chunk boundary would score other rows than the single-process plan
+        raise ValueError(f"BlockRule(row_stride={rule.row_stride}) has no context-parallel form: every rank scores "
+                         "every row of its query blocks; use row_stride=1 under context parallelism")
+
+
 def _agree_on_inputs(q, k, v, config, layout: Layout, scale, comm: Communicator) -> None:
     """Every rank checks its own chunk, then all compare: a refused or mismatched chunk on any rank
     makes every rank raise `ValueError` at once (no rank is left waiting in a later collective)."""
@@ -159,8 +169,7 @@ def sample_attention_cp(
         cp_plan = None if plan is None else ContextParallelPlan(plan=plan, layout=spec, rank=0)
         return (*rest, cp_plan) if rest else cp_plan
     rule = config.selection
-    if not isinstance(rule, (SampledRule, BlockRule)):
-        raise ValueError(f"selection={rule.name!r} has no context-parallel form; use 'sampled' or 'block'")
+    check_rule_has_cp_form(rule)
     dense = spec.seqlen < config.dense_below or config.keeps_everything()
     run_config = _dense_config(config) if dense else config
     cp_plan = _plan_cp(q, k, run_config, spec, comm, scale, chosen)

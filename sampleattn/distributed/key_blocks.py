@@ -51,7 +51,7 @@ def pooled_keys_cp(k: torch.Tensor, layout: SequenceLayout, comm: Communicator, 
 
 
 def _piece_scores_ref(q: torch.Tensor, kbar: torch.Tensor, *, first_row: int, key_block: int, block_rows: int,
-                      q_per_sel: int, scale: float, seqlen: int) -> torch.Tensor:
+                      q_per_sel: int, scale: float, seqlen: int, share_power: int = 1) -> torch.Tensor:
     """`sampleattn.rules.block.block_scores_ref` for rows ``[first_row, first_row + n)`` of the
     sequence (q: (B, n, Hq, D), the rows of one aligned run of query blocks) against the pooled
     keys ``kbar`` (B, n_kb, Hkv, D): (B, Hsel, n_qblocks of the run, n_kb) fp32."""
@@ -64,7 +64,7 @@ def _piece_scores_ref(q: torch.Tensor, kbar: torch.Tensor, *, first_row: int, ke
     size = torch.clamp(seqlen - first, max=key_block)
     visible = torch.minimum(pos - first + 1, size)
     logits = torch.where(visible > 0, logits + torch.log(visible.clamp(min=1).float()), float("-inf"))
-    share = torch.softmax(logits, dim=-1)
+    share = torch.softmax(logits, dim=-1) ** share_power
     block = torch.div(pos.flatten(), block_rows, rounding_mode="floor")
     block = block - block[0]
     per_block = torch.zeros(batch, nheads_q, int(block[-1]) + 1, n_kb, device=q.device)
@@ -80,7 +80,8 @@ def _pieces(a: int, b: int, block_rows: int) -> list[tuple[int, int]]:
 
 
 def block_scores_cp(setup: PlanSetup, q: torch.Tensor, kbar: torch.Tensor, layout: SequenceLayout,
-                    comm: Communicator, *, key_block: int, block_rows: int, use_kernel: bool) -> torch.Tensor:
+                    comm: Communicator, *, key_block: int, block_rows: int, use_kernel: bool,
+                    share_power: int = 1) -> torch.Tensor:
     """(B, Hsel, n, n_kblocks) fp32 block scores of this rank's query blocks (`query_blocks_of`),
     complete also for the blocks shared with another rank. q: (B, L, Hq, D) this rank's queries."""
     mine = query_blocks_of(layout, comm.rank, block_rows).to(q.device)
@@ -98,11 +99,12 @@ def block_scores_cp(setup: PlanSetup, q: torch.Tensor, kbar: torch.Tensor, layou
                 # this stand-in for k is read (the pooled keys are given).
                 shape_k = kbar.new_empty((1, 1, 1, kbar.shape[3])).expand(q.shape[0], y, kbar.shape[2], kbar.shape[3])
                 part = block_scores(rows, shape_k, key_block=key_block, block_rows=block_rows,
-                                    q_per_sel=setup.q_per_sel, scale=setup.scale, kbar=kbar[:, :visible_kb])
+                                    q_per_sel=setup.q_per_sel, scale=setup.scale, kbar=kbar[:, :visible_kb],
+                                    share_power=share_power)
             else:
                 part = _piece_scores_ref(rows, kbar[:, :visible_kb], first_row=x, key_block=key_block,
                                          block_rows=block_rows, q_per_sel=setup.q_per_sel, scale=setup.scale,
-                                         seqlen=layout.seqlen)
+                                         seqlen=layout.seqlen, share_power=share_power)
             first = torch.searchsorted(mine, torch.tensor(x // block_rows, device=q.device))
             scores[:, :, first:first + part.shape[2], :visible_kb] += part
         offset += b - a
@@ -132,10 +134,10 @@ def choose_key_blocks_cp(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor, lay
     """
     kbar = pooled_keys_cp(k, layout, comm, rule.key_block)
     scores = block_scores_cp(setup, q, kbar, layout, comm, key_block=rule.key_block, block_rows=block_rows,
-                             use_kernel=use_kernel)
+                             use_kernel=use_kernel, share_power=rule.share_power)
     mine = query_blocks_of(layout, comm.rank, block_rows).to(q.device)
     candidates = setup.extras["candidates"].to(q.device)[:, mine]
-    blocks = select_blocks(scores, candidates, rule.beta, block_rows=block_rows, key_block=rule.key_block,
+    blocks = select_blocks(scores, candidates, rule.selection_target, block_rows=block_rows, key_block=rule.key_block,
                            has_columns=rule.stripes, sink_blocks=rule.sink_blocks, static=False)
     return mine, blocks
 

@@ -29,10 +29,12 @@ CONFIGS = {
     "block": SampleAttentionConfig(selection=BlockRule(beta=0.6, key_block=16), **COMMON),
     "block-stripes": SampleAttentionConfig(alpha=0.7, gqa_granularity="kv_head",
                                            selection=BlockRule(beta=0.7, key_block=16, stripes=True), **COMMON),
+    "block-p2": SampleAttentionConfig(selection=BlockRule(beta=0.8, key_block=16, share_power=2), **COMMON),
     "dense": SampleAttentionConfig(**{**COMMON, "dense_below": 1 << 20}),
 }
 SHAPES = {  # batch, query heads, KV heads (GQA 2:1 and MQA 4:1)
-    "sampled": (2, 4, 2), "sampled-kv": (1, 4, 1), "block": (2, 4, 2), "block-stripes": (1, 4, 2), "dense": (1, 2, 1),
+    "sampled": (2, 4, 2), "sampled-kv": (1, 4, 1), "block": (2, 4, 2), "block-stripes": (1, 4, 2), "block-p2": (1, 4, 2),
+    "dense": (1, 2, 1),
 }
 # (config, layout, backend) per world size: every rule and layout at several world sizes, each
 # world size both layouts; stage 3 and the block rule's estimate take the Triton kernels
@@ -40,7 +42,7 @@ SHAPES = {  # batch, query heads, KV heads (GQA 2:1 and MQA 4:1)
 RUNS = {
     1: [("sampled", "contiguous", "auto"), ("block", "zigzag", "auto"), ("dense", "contiguous", "auto")],
     2: [("sampled", "contiguous", "auto"), ("sampled-kv", "zigzag", "auto"), ("block", "zigzag", "torch"),
-        ("block-stripes", "contiguous", "auto"), ("dense", "contiguous", "auto")],
+        ("block-stripes", "contiguous", "auto"), ("block-p2", "zigzag", "auto"), ("dense", "contiguous", "auto")],
     3: [("sampled", "zigzag", "auto"), ("sampled-kv", "contiguous", "auto"), ("block", "contiguous", "torch"),
         ("block-stripes", "zigzag", "auto")],
     4: [("sampled", "contiguous", "auto"), ("sampled", "zigzag", "auto"), ("block", "contiguous", "auto"),

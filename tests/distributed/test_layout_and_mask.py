@@ -109,3 +109,16 @@ def test_a_ranks_stage3_is_the_plans_attention_over_its_rows(case):
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
     torch.testing.assert_close(lse, ref_lse, atol=tol, rtol=tol)
+
+
+def test_rules_without_a_context_parallel_form_are_refused():
+    """The rescored rule, and a block rule that scores one row in a few (a chunk boundary inside
+    a query block would change which rows score), are refused with what to use instead."""
+    from sampleattn.distributed.api import check_rule_has_cp_form
+    from sampleattn.rules import RescoredRule
+
+    check_rule_has_cp_form(BlockRule(share_power=2))  # every row scored: reproduced exactly
+    with pytest.raises(ValueError, match="use 'sampled' or 'block'"):
+        check_rule_has_cp_form(RescoredRule())
+    with pytest.raises(ValueError, match="use row_stride=1 under context parallelism"):
+        check_rule_has_cp_form(BlockRule(row_stride=2))
