@@ -23,20 +23,21 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Geometry", "Scenario", "analytic_bytes", "counted_bytes", "ring_bytes"]
+from sampleattn.geometry import Geometry
+
+__all__ = ["ELEMENT_BYTES", "LLAMA3_8B", "Scenario", "analytic_bytes", "counted_bytes", "kv_bytes_per_key",
+           "ring_bytes"]
 
 
-@dataclass(frozen=True)
-class Geometry:
-    nheads_q: int = 32
-    nheads_kv: int = 8
-    head_dim: int = 128
-    elem: int = 2  # bf16
+#: Llama-3-8B's attention (the model catalogue's ``llama3``, which this core module does not import).
+LLAMA3_8B = Geometry(num_layers=32, num_q_heads=32, num_kv_heads=8, head_dim=128)
+#: bytes per element of q, k and v (bf16)
+ELEMENT_BYTES = 2
 
-    @property
-    def kv_bytes_per_key(self) -> int:
-        """K and V of one position, every KV head."""
-        return 2 * self.nheads_kv * self.head_dim * self.elem
+
+def kv_bytes_per_key(geometry: Geometry, element_bytes: int = ELEMENT_BYTES) -> int:
+    """K and V of one position, every KV head."""
+    return 2 * geometry.num_kv_heads * geometry.head_dim * element_bytes
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ class Scenario:
     key_block: int = 0
 
 
-def ring_bytes(seqlen: int, world: int, geometry: Geometry = Geometry()) -> int:
+def ring_bytes(seqlen: int, world: int, geometry: Geometry = LLAMA3_8B, element_bytes: int = ELEMENT_BYTES) -> int:
     """Bytes one rank sends in ring attention (one layer's forward): ``world - 1`` chunks of k and v."""
-    return (world - 1) * (seqlen // world) * geometry.kv_bytes_per_key
+    return (world - 1) * (seqlen // world) * kv_bytes_per_key(geometry, element_bytes)
 
 
 def _pieces(seqlen: int, world: int, layout: str) -> list[list[tuple[int, int]]]:
@@ -65,8 +66,8 @@ def _pieces(seqlen: int, world: int, layout: str) -> list[list[tuple[int, int]]]
     return [spec.ranges(r) for r in range(world)]
 
 
-def analytic_bytes(seqlen: int, world: int, layout: str, scenario: Scenario, geometry: Geometry = Geometry(),
-                   *, cells: int = 8192) -> dict:
+def analytic_bytes(seqlen: int, world: int, layout: str, scenario: Scenario, geometry: Geometry = LLAMA3_8B,
+                   *, element_bytes: int = ELEMENT_BYTES, cells: int = 8192) -> dict:
     """Bytes per rank of `sample_attention_cp`'s phases (the largest over ranks), from a model on a
     grid of ``cells`` cells: a receiving rank needs every key of its rows' window bands and the
     share ``kept`` of the keys left of them, each once per KV head."""
@@ -91,23 +92,23 @@ def analytic_bytes(seqlen: int, world: int, layout: str, scenario: Scenario, geo
         need = torch.where(owner == t, 0.0, need) * cell
         fetched += torch.zeros(world, dtype=torch.float64).index_add_(0, owner, need)
         requested[t] = need.sum()
-    per_rank = {"kv_fetch": fetched * g.nheads_kv * 2 * g.head_dim * g.elem,
-                "kv_request": requested * g.nheads_kv * 4}
+    per_rank = {"kv_fetch": fetched * g.num_kv_heads * 2 * g.head_dim * element_bytes,
+                "kv_request": requested * g.num_kv_heads * 4}
     others = world - 1
     if scenario.sample_ratio > 0:
         rows = scenario.sample_ratio * local
-        columns = (scenario.kept / g.nheads_q * g.nheads_kv) * local  # selected per query head, about
-        per_rank["sampled_q"] = torch.full((world,), rows * g.nheads_q * g.head_dim * g.elem * others)
-        per_rank["row_lse"] = torch.full((world,), scenario.sample_ratio * seqlen * g.nheads_q * 4 * others)
+        columns = (scenario.kept / g.num_q_heads * g.num_kv_heads) * local  # selected per query head, about
+        per_rank["sampled_q"] = torch.full((world,), rows * g.num_q_heads * g.head_dim * element_bytes * others)
+        per_rank["row_lse"] = torch.full((world,), scenario.sample_ratio * seqlen * g.num_q_heads * 4 * others)
         # offers of (score, column) pairs: up to 4x the rank's selected columns (the offer grows by 4)
-        per_rank["topk"] = torch.full((world,), 4 * columns * g.nheads_q * 8 * others)
+        per_rank["topk"] = torch.full((world,), 4 * columns * g.num_q_heads * 8 * others)
     if scenario.key_block:
-        per_rank["pooled_keys"] = torch.full((world,), (local / scenario.key_block + 1) * g.nheads_kv * g.head_dim
+        per_rank["pooled_keys"] = torch.full((world,), (local / scenario.key_block + 1) * g.num_kv_heads * g.head_dim
                                              * 4 * others)
     total = sum(per_rank.values())
     return {"seqlen": seqlen, "world": world, "layout": layout, "scenario": scenario.name,
             "max_rank_bytes": float(total.max()), "mean_rank_bytes": float(total.mean()),
-            "ring_bytes": ring_bytes(seqlen, world, g),
+            "ring_bytes": ring_bytes(seqlen, world, g, element_bytes),
             "phases": {k: float(v.max()) for k, v in per_rank.items()},
             "pairs_max_over_mean": _pair_balance(seqlen, pieces, width, scenario.kept)}
 
@@ -145,8 +146,9 @@ def _counted_rank(rank: int, world: int, port: int, seqlen: int, layout: str, ru
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=600))
     try:
-        g = Geometry()
-        q, k, v = structured_qkv(1, seqlen, seqlen, g.nheads_q, g.nheads_kv, g.head_dim, dtype=torch.bfloat16, seed=0)
+        g = LLAMA3_8B
+        q, k, v = structured_qkv(1, seqlen, seqlen, g.num_q_heads, g.num_kv_heads, g.head_dim,
+                                 dtype=torch.bfloat16, seed=0)
         q, k, v = (split_sequence(t, layout, world, rank) for t in (q, k, v))
         selection = BlockRule(beta=0.95) if rule == "block" else "sampled"
         config = SampleAttentionConfig(alpha=0.95, window_ratio=0.04, sample_ratio=0.05, dense_below=0,

@@ -125,7 +125,8 @@ def block_scores_cp(setup: PlanSetup, q: torch.Tensor, kbar: torch.Tensor, layou
 
 
 def choose_key_blocks_cp(setup: PlanSetup, q: torch.Tensor, k: torch.Tensor, layout: SequenceLayout,
-                         comm: Communicator, rule, *, block_rows: int, use_kernel: bool) -> tuple[torch.Tensor, KeyBlocks]:
+                         comm: Communicator, rule, *, block_rows: int,
+                         use_kernel: bool) -> tuple[torch.Tensor, KeyBlocks]:
     """The block rule's key blocks for this rank's query blocks.
 
     Returns:
