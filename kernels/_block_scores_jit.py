@@ -10,9 +10,9 @@ program takes a block of BLOCK_M query rows and the GROUP query heads of one sel
 a first pass gets each (row, head)'s log-sum-exp over the pooled keys (written to a scratch
 buffer), a second sums the shares over the rows and heads, one tile of pooled keys at a time.
 With ``POWER`` p > 1 it sums the shares' p-th powers: a block one row needs strongly then
-outranks one that many rows need a little. No atomics: the sums are deterministic. With ``ROW_STRIDE`` s > 1 only every s-th row of the
-block is scored (the last row of each group of s, which sees the group's keys), for 1 / s of
-the cost.
+outranks one that many rows need a little. No atomics: the sums are deterministic. With
+``ROW_STRIDE`` s > 1 only every s-th row of the block is scored (the last row of each group of
+s, which sees the group's keys), for 1 / s of the cost.
 """
 
 from __future__ import annotations

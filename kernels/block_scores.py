@@ -84,7 +84,6 @@ def block_scores(
         nheads_q, seqlen_q, seqlen_k, n_kb, scale * math.log2(math.e), nheads_q // nheads_kv,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_rows, BLOCK_C=launch.block_c, KEY_BLOCK=key_block,
         GROUP=q_per_sel, DOT_PRECISION=dot_precision(q.dtype), ROW_STRIDE=row_stride, POWER=share_power,
-        num_warps=launch.num_warps,
-        num_stages=launch.num_stages,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return scores
