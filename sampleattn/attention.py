@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sampleattn.kernels.tiles import BLOCK_N, operator_block_m
 
 from .config import HeadOverride, SampleAttentionConfig
+from .dense_heads import dense_kv_heads, query_heads_of, without_kv_heads
 from .planning import SparsePlan, plan
 from .selection import static_kmax as static_kmax_scope
 from .validation import (
@@ -112,6 +113,17 @@ def _stage3(
     return (out, lse) if return_lse else out
 
 
+def _dense_heads_into(
+    out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_heads: list[int], *,
+    causal: bool, scale: float,
+) -> None:
+    """Overwrite the query heads of ``kv_heads`` in ``out`` (B, Sq, Hq, D) with dense attention."""
+    q_index = torch.tensor(query_heads_of(kv_heads, q.shape[2], k.shape[2]), device=q.device)
+    kv_index = torch.tensor(kv_heads, device=q.device)
+    out[:, :, q_index] = _dense(q.index_select(2, q_index), k.index_select(2, kv_index),
+                                v.index_select(2, kv_index), causal=causal, scale=scale)
+
+
 def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -167,10 +179,12 @@ def sample_attention(
 ):
     """SampleAttention: plan (stages 1-2) then sparse attention (stage 3).
 
-    Dense attention runs instead below ``config.dense_below`` keys, for a config that keeps every
-    key (`SampleAttentionConfig.keeps_everything`), and when the plan's mean density is above
-    ``config.dense_above``; the plan returned is then None, except in the last case (with
-    ``return_lse`` the dense path runs the kernel with a full window, still exact).
+    Dense attention runs instead below ``config.dense_below`` keys and for a config that keeps
+    every key (`SampleAttentionConfig.keeps_everything`); the plan returned is then None (with
+    ``return_lse`` the dense path runs the kernel with a full window, still exact). Without
+    ``return_lse``, the KV heads whose planned density is above ``config.dense_above`` run dense
+    attention and the others stage 3 (`sampleattn.dense_heads`); the plan returned is the one
+    made, with every head's planned density.
     Only the dense attention path (PyTorch SDPA) gives gradients: a call that runs the kernels
     while autograd is on and an input requires grad raises `ValueError` (wrap inference in
     ``torch.no_grad()`` or ``torch.inference_mode()``).
@@ -210,13 +224,16 @@ def sample_attention(
             else:
                 sparse_plan = plan(q, k, run_config, scale=scale, heads=None if dense else heads,
                                    reports=return_plan)
-        if not dense and config.dense_above < 1.0 and not return_lse \
-                and sparse_plan.mean_density > config.dense_above:
-            # the plan keeps so much that the dense kernel is faster (a host read of the density)
+        # KV heads whose plan keeps so much that dense attention is faster (a host read)
+        to_dense = dense_kv_heads(sparse_plan, config.dense_above) \
+            if not dense and config.dense_above < 1.0 and not return_lse else []
+        if len(to_dense) == k.shape[2]:
             out, lse = _dense(q, k, v, causal=causal, scale=scale), None
         else:
-            out, lse = _stage3(q, k, v, sparse_plan, return_lse=True, block_m=config.block_m,
-                               block_n=config.block_n, backend=chosen)
+            out, lse = _stage3(q, k, v, without_kv_heads(sparse_plan, to_dense), return_lse=True,
+                               block_m=config.block_m, block_n=config.block_n, backend=chosen)
+            if to_dense:
+                _dense_heads_into(out, q, k, v, to_dense, causal=causal, scale=scale)
         if dense:
             sparse_plan = None
     outputs: tuple = (out,)

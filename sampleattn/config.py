@@ -69,8 +69,9 @@ class SampleAttentionConfig(DescribedModel):
             per query block from every row's scores against pooled keys (method.md, section 4b).
             A rule name stands for that rule with its default parameters; the flat fields of
             earlier versions (``candidate_alpha``, ``rescore_stride``) are still read.
-        dense_above: after planning, run dense attention instead of stage 3 when the plan's mean
-            density is above this (its sparse attention would not beat the dense kernel).
+        dense_above: after planning, the KV heads whose planned density (mean over their query
+            heads and the batch) is above this run dense attention instead of stage 3 (their
+            sparse attention would not beat the dense kernel); 1 never.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,7 +86,7 @@ class SampleAttentionConfig(DescribedModel):
     sample_block: int = Field(16, ge=16, le=128, description="the rows per sampled block in stage 1, a power of two")
     segment_rows: int | None = Field(None, ge=16, description="the query rows per column set, a multiple of block_m (None: one set per head)")
     selection: SelectionRuleField = Field(default_factory=lambda: rule_from("sampled"), description="the selection rule (sampleattn.rules): sampled, rescored or block, by name or as a rule object")
-    dense_above: float = Field(1.0, gt=0.0, le=1.0, description="the plan's mean density above which dense attention runs instead of stage 3")
+    dense_above: float = Field(1.0, gt=0.0, le=1.0, description="the planned density of a KV head above which it runs dense attention instead of stage 3")
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sampleattn import SampleAttentionConfig, plan, sample_attention, sparse_attention
+from sampleattn import SampleAttentionConfig, dense_attention, plan, sample_attention, sparse_attention
 from sampleattn.kernels import block_scores
 from sampleattn.reference import attention_ref, causal_mask, plan_ref, sparse_attention_ref
 from sampleattn.rules import BlockRule, RULES
@@ -123,6 +123,36 @@ def test_dense_fallback_above_the_density_threshold():
     out, p = sample_attention(q, k, v, sparse.model_copy(update={"dense_above": 0.5}), return_plan=True)
     assert p is not None  # the plan was made, then dense attention ran
     assert rel_err(out, attention_ref(q, k, v)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("hq,granularity", [(4, "kv_head"), (4, "query_head"), (2, "query_head")])
+def test_dense_fallback_per_kv_head(backend, hq, granularity):
+    """A KV head with planted structure stays sparse; a random one (nearly every block kept) runs
+    dense: its heads equal exact attention, the sparse head equals the operator without the
+    fallback."""
+    n, d, hkv = 320, 64, 2
+    q, k, v = qkv(1, n, n, hq, hkv, d, torch.float32, seed=11)
+    q_per_kv = hq // hkv
+    # KV head 0: every row of its query heads looks at keys 0-63 only (one strong key block)
+    k[:, :64, 0] += 9.0 * torch.ones(d, device=k.device) / d ** 0.5
+    q[:, :, :q_per_kv] += 9.0 * torch.ones(d, device=q.device) / d ** 0.5
+    sparse = cfg(BlockRule(beta=0.9, key_block=64), window_ratio=0.05, gqa_granularity=granularity)
+    made = plan(q, k, sparse)
+    per_kv = made.density.reshape(hkv, q_per_kv).mean(dim=1)
+    assert per_kv[0] < 0.5 < per_kv[1], per_kv
+    out_sparse = sample_attention(q, k, v, sparse, backend=backend)
+    out, p = sample_attention(q, k, v, sparse.model_copy(update={"dense_above": 0.5}), return_plan=True,
+                              backend=backend)
+    assert torch.equal(p.density, made.density)  # the plan made, every head's density
+    exact = attention_ref(q, k, v)
+    dense_q = slice(q_per_kv, hq)
+    assert rel_err(out[:, :, dense_q], exact[:, :, dense_q]) < 1e-5
+    assert torch.equal(out[:, :, :q_per_kv], out_sparse[:, :, :q_per_kv])
+    # the dense heads came from dense attention on their own (bit for bit), not from stage 3
+    by_sdpa = dense_attention(q[:, :, dense_q], k[:, :, 1:], v[:, :, 1:])
+    assert torch.equal(out[:, :, dense_q], by_sdpa)
+    assert not torch.equal(out_sparse[:, :, dense_q], by_sdpa)
 
 
 def test_rule_from_names_json_and_flat_fields():

@@ -27,6 +27,16 @@ __all__ = ["sample_attention_cp"]
 _DTYPES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
 
 
+def check_config_has_cp_form(config: SampleAttentionConfig) -> None:
+    """Refuse a config that the ranks cannot reproduce exactly: its selection rule, or dense
+    heads (``dense_above < 1`` runs the densest heads through dense attention, which needs every
+    key on every rank)."""
+    check_rule_has_cp_form(config.selection)
+    if config.dense_above < 1.0:
+        raise ValueError(f"dense_above={config.dense_above} runs the densest heads through dense attention, "
+                         "which context parallelism does not distribute; leave dense_above=1.0 here")
+
+
 def check_rule_has_cp_form(rule) -> None:
     """Refuse a selection rule, or a parameter of one, that the ranks cannot reproduce exactly."""
     if not isinstance(rule, (SampledRule, BlockRule)):
@@ -168,17 +178,10 @@ def sample_attention_cp(
         *rest, plan = outputs if isinstance(outputs, tuple) else (outputs,)
         cp_plan = None if plan is None else ContextParallelPlan(plan=plan, layout=spec, rank=0)
         return (*rest, cp_plan) if rest else cp_plan
-    rule = config.selection
-    check_rule_has_cp_form(rule)
+    check_config_has_cp_form(config)
     dense = spec.seqlen < config.dense_below or config.keeps_everything()
     run_config = _dense_config(config) if dense else config
     cp_plan = _plan_cp(q, k, run_config, spec, comm, scale, chosen)
-    if not dense and config.dense_above < 1.0:
-        if cp_plan.blocks is not None:
-            raise ValueError("dense_above < 1 needs the block rule's density over every rank; leave "
-                             "dense_above=1.0 under context parallelism")
-        if cp_plan.plan.mean_density > config.dense_above:  # the operator would run dense attention
-            dense, cp_plan = True, _plan_cp(q, k, _dense_config(config), spec, comm, scale, chosen)
     out, lse = _attend_cp(q, k, v, cp_plan, spec, comm, chosen)
     outputs: tuple = (out.to(q.dtype),)
     if return_lse:

@@ -112,9 +112,10 @@ def test_a_ranks_stage3_is_the_plans_attention_over_its_rows(case):
 
 
 def test_rules_without_a_context_parallel_form_are_refused():
-    """The rescored rule, and a block rule that scores one row in a few (a chunk boundary inside
-    a query block would change which rows score), are refused with what to use instead."""
-    from sampleattn.distributed.api import check_rule_has_cp_form
+    """The rescored rule, a block rule that scores one row in a few (a chunk boundary inside a
+    query block would change which rows score) and dense heads are refused with what to use
+    instead."""
+    from sampleattn.distributed.api import check_config_has_cp_form, check_rule_has_cp_form
     from sampleattn.rules import RescoredRule
 
     check_rule_has_cp_form(BlockRule(share_power=2))  # every row scored: reproduced exactly
@@ -122,3 +123,5 @@ def test_rules_without_a_context_parallel_form_are_refused():
         check_rule_has_cp_form(RescoredRule())
     with pytest.raises(ValueError, match="use row_stride=1 under context parallelism"):
         check_rule_has_cp_form(BlockRule(row_stride=2))
+    with pytest.raises(ValueError, match="leave dense_above=1.0 here"):
+        check_config_has_cp_form(SampleAttentionConfig(selection=BlockRule(), dense_above=0.7))
