@@ -44,3 +44,23 @@ def test_eval_refuses_a_run_without_the_reference_rule(capsys: pytest.CaptureFix
         main(["run", "--alphas", "", "--out", "unused"])
     assert stop.value.code == 2
     assert "--alphas needs at least one alpha" in capsys.readouterr().err
+
+
+def test_eval_block_rows_carry_the_block_options() -> None:
+    """The block rule's rows are built with the options given: block size (key blocks and query
+    blocks), stripes at their alpha, share power; each option is named in the row's label."""
+    from sampleattn.eval.methods import method_specs
+    from sampleattn.eval.settings import EvalSettings
+    from sampleattn.rules import BlockRule
+
+    settings = EvalSettings(alphas=[0.95], baselines=[], oracle_alphas=[], rescored_alphas=[],
+                            block_betas=[0.85], block_size=64, block_stripes_alpha=0.9, block_share_power=2)
+    (spec,) = [s for s in method_specs(settings) if s.family == "block_rule"]
+    assert spec.name == "block b=0.85 w=0.02 p=2 kb=64 stripes a=0.9"
+    config = spec.build(None, 4096).config_for(0)
+    assert config.block_m == 64 and config.alpha == 0.9
+    assert config.selection == BlockRule(beta=0.85, key_block=64, stripes=True, share_power=2)
+    plain = EvalSettings(alphas=[0.95], baselines=[], oracle_alphas=[], rescored_alphas=[], block_betas=[0.9])
+    (spec,) = [s for s in method_specs(plain) if s.family == "block_rule"]
+    assert spec.name == "block b=0.9 w=0.02"
+    assert spec.build(None, 4096).config_for(0).selection == BlockRule(beta=0.9)

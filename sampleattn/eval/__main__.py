@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--block-window-ratio", type=float, default=0.02, help="the block rule's window ratio")
     run.add_argument("--block-row-stride", type=int, default=1, help="the block rule's row_stride")
     run.add_argument("--block-share-power", type=int, default=1, help="the block rule's share_power")
+    run.add_argument("--block-size", type=int, default=128,
+                     help="the block rule's key block and query block (block_m), a power of two from 16 to 128")
+    run.add_argument("--block-stripes-alpha", type=float, default=None,
+                     help="the block rule keeps the paper's stripe columns too, chosen at this alpha "
+                          "(with --sample-ratio); default: no stripes")
     run.add_argument("--estimator", action="store_true",
                      help="also the prototypes of sampleattn.eval.estimator (pooled, rescored_proto)")
     run.add_argument("--profile", "--profile-store", dest="profile", default=None,
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         candidate_alpha=args.candidate_alpha, rescore_stride=args.rescore_stride, estimator=args.estimator,
         block_betas=args.block_betas, block_window_ratio=args.block_window_ratio,
         block_row_stride=args.block_row_stride, block_share_power=args.block_share_power,
+        block_size=args.block_size, block_stripes_alpha=args.block_stripes_alpha,
         profile=args.profile, allow_synthetic=args.allow_synthetic, budget_s=args.budget_s,
         secondary_depths=args.secondary_depths, primary_alpha=args.primary_alpha,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,

@@ -44,8 +44,11 @@ def sa_name(alpha: float) -> str:
     return f"sample_attention a={alpha:g}"
 
 
-def block_name(beta: float, window_ratio: float, share_power: int = 1) -> str:
-    return f"block b={beta:g} w={window_ratio:g}" + (f" p={share_power}" if share_power != 1 else "")
+def block_name(beta: float, window_ratio: float, share_power: int = 1, block_size: int = 128,
+               stripes_alpha: float | None = None) -> str:
+    return (f"block b={beta:g} w={window_ratio:g}" + (f" p={share_power}" if share_power != 1 else "")
+            + (f" kb={block_size}" if block_size != 128 else "")
+            + (f" stripes a={stripes_alpha:g}" if stripes_alpha is not None else ""))
 
 
 def rescored_name(alpha: float, candidate_alpha: float = 0.999, stride: int = 1) -> str:
@@ -144,10 +147,15 @@ def method_specs(settings: EvalSettings, *, tuned: TunedProfiles | None = None) 
     for beta in settings.block_betas:
         from sampleattn.rules import BlockRule
 
+        stripes = settings.block_stripes_alpha is not None
         cfg = SampleAttentionConfig(window_ratio=settings.block_window_ratio, dense_below=0,
+                                    block_m=settings.block_size, sample_ratio=settings.sample_ratio,
+                                    alpha=settings.block_stripes_alpha if stripes else 0.95,
                                     selection=BlockRule(beta=beta, row_stride=settings.block_row_stride,
-                                                        share_power=settings.block_share_power))
-        name = block_name(beta, settings.block_window_ratio, settings.block_share_power)
+                                                        share_power=settings.block_share_power,
+                                                        key_block=settings.block_size, stripes=stripes))
+        name = block_name(beta, settings.block_window_ratio, settings.block_share_power, settings.block_size,
+                          settings.block_stripes_alpha)
         specs.append(MethodSpec(name, "block_rule", None,
                                 lambda _t, _n, cfg=cfg: SampleAttention(cfg, backend=backend), tier=TIER_ALPHAS))
     if settings.profile:

@@ -35,6 +35,8 @@ class EvalSettings:
     block_window_ratio: float = 0.02
     block_row_stride: int = 1
     block_share_power: int = 1
+    block_size: int = 128  # keys per key block and query rows per query block
+    block_stripes_alpha: float | None = None  # the paper's stripe columns too, at this alpha
     estimator: bool = False
     estimator_pool: int = 64
     profile: str | None = None  # a profile store (URL or path): the ``tuned`` row
