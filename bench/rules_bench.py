@@ -60,6 +60,7 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.97 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.97, row_stride=2, share_power=2))),
     ("block b0.98 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.98, row_stride=2, share_power=2))),
     ("block b0.99 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, share_power=2))),
+    ("block b0.993 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.993, row_stride=2, share_power=2))),
     ("block b0.99 w2% p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, share_power=2))),
     # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
     ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),

@@ -2,6 +2,7 @@
 # The block rule's measurements on the GPU machine, one part per device call (each under the
 # 600 s limit), after staging the wheels (scripts/gpu_session.md). Results go under $OUT/<part>.
 #   bash scripts/gpu_block_rule.sh rules128k     # rules and peers, 128K, both bands (~380 s)
+#   bash scripts/gpu_block_rule.sh shares128k    # summed against squared shares, 128K, both bands (~250 s)
 #   bash scripts/gpu_block_rule.sh ab BASE.tar   # two rules before and after a kernel change (~120 s)
 #   bash scripts/gpu_block_rule.sh unstructured  # random inputs: never slower than dense (~80 s)
 #   bash scripts/gpu_block_rule.sh rules1m       # 1M tokens, middle band (~330 s)
@@ -23,6 +24,9 @@ case "$part" in
         methods="sampled a0.95 w8%,b0.95 nostripes w4%,b0.97 w2% rows/2,b0.98 w2% rows/2,b0.99 nostripes w2%"
         methods+=",b0.99 w2% rows/2,b0.993 w2% rows/2,w2% p2"
         run timeout 380 "${bench[@]}" --length 128k --peers --methods "$methods" --out "$out" > "$out/log" 2>&1 ;;
+    shares128k)
+        methods="b0.98 w2% rows/2,b0.99 w2% rows/2,b0.993 w2% rows/2,b0.99 w2% p2"
+        run timeout 300 "${bench[@]}" --length 128k --methods "$methods" --out "$out" > "$out/log" 2>&1 ;;
     ab)
         base_tar="$1"
         mkdir -p /tmp/base && tar -xf "$base_tar" -C /tmp/base
@@ -42,14 +46,15 @@ case "$part" in
             --out "$out" > "$out/log" 2>&1 ;;
     tests)
         run timeout 180 python3 -m pytest -m gpu -q tests/gpu/test_gpu_block_rule.py tests/gpu/test_gpu_operator.py \
-            -k "not timings and not rescored" --gpu-out "$out" > "$out/log" 2>&1 ;;
+            -k "not timings and not rescored" --gpu-out "$out" > "$out/log" 2>&1
+        run timeout 60 python3 -m pytest -q tests/test_block_rule.py -k dense_fallback > "$out/dense_heads.log" 2>&1 ;;
     eval)
         run python3 -m sampleattn.eval run --form full --device cuda --budget-s "${BUDGET_S:-300}" --tasks fidelity,needle \
             --lengths 8k,16k,32k --samples 2 --alphas 0.95 --baselines '' --oracle-alphas '' --rescored-alphas '' \
             --block-betas 0.9,0.95,0.98 --needle-lengths 4k,8k --depths 0,0.25,0.5,0.75,1 \
             --needle-methods full,sample_attention,block_rule --no-progress --out "$out" > "$out/log" 2>&1 ;;
     *)
-        echo "unknown part $part: rules128k, ab BASE.tar, unstructured, rules1m, tests or eval" >&2
+        echo "unknown part $part: rules128k, shares128k, ab BASE.tar, unstructured, rules1m, tests or eval" >&2
         exit 2 ;;
 esac
 status=$?
