@@ -62,6 +62,11 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.99 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2, share_power=2))),
     ("block b0.993 w2% rows/2 p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.993, row_stride=2, share_power=2))),
     ("block b0.99 w2% p2", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, share_power=2))),
+    # squared shares with the paper's stripe columns, sampled from 2% of the rows
+    ("block b0.98 w2% rows/2 p2 +stripes a0.9 s2%",
+     _config(0.9, 0.02, 0.02, BlockRule(beta=0.98, row_stride=2, share_power=2, stripes=True))),
+    ("block b0.99 w2% rows/2 p2 +stripes a0.9 s2%",
+     _config(0.9, 0.02, 0.02, BlockRule(beta=0.99, row_stride=2, share_power=2, stripes=True))),
     # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
     ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),
                                                  dense_above=0.7)),
