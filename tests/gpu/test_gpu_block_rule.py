@@ -66,7 +66,8 @@ def test_block_operator_matches_the_oracle_of_its_plan(operator_length, beta, ro
                               "error_vs_full": relative_error(out[:, rows], attention_rows_ref(q, k, v, rows)),
                               "density": p.mean_density, "key_blocks_mean": float(p.blocks.blk_count.float().mean())})
     assert not torch.isnan(out).any()
-    assert 0 < p.mean_density < 1
+    # at the shortest lengths a high beta may keep every block of these inputs: still the plan's
+    assert 0 < p.mean_density <= 1
     assert err < 1e-2
 
 
