@@ -148,9 +148,10 @@ def method_specs(settings: EvalSettings, *, tuned: TunedProfiles | None = None) 
         from sampleattn.rules import BlockRule
 
         stripes = settings.block_stripes_alpha is not None
+        # the stripe columns are the paper's: its alpha and sampled rows, only when they are kept
+        sampling = {"alpha": settings.block_stripes_alpha, "sample_ratio": settings.sample_ratio} if stripes else {}
         cfg = SampleAttentionConfig(window_ratio=settings.block_window_ratio, dense_below=0,
-                                    block_m=settings.block_size, sample_ratio=settings.sample_ratio,
-                                    alpha=settings.block_stripes_alpha if stripes else 0.95,
+                                    block_m=settings.block_size, **sampling,
                                     selection=BlockRule(beta=beta, row_stride=settings.block_row_stride,
                                                         share_power=settings.block_share_power,
                                                         key_block=settings.block_size, stripes=stripes))
