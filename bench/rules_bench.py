@@ -67,6 +67,20 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
      _config(0.9, 0.02, 0.02, BlockRule(beta=0.98, row_stride=2, share_power=2, stripes=True))),
     ("block b0.99 w2% rows/2 p2 +stripes a0.9 s2%",
      _config(0.9, 0.02, 0.02, BlockRule(beta=0.99, row_stride=2, share_power=2, stripes=True))),
+    # a few heavy stripe columns (the top 64 or 256 per KV head, from 0.5% of the rows) with the
+    # blocks: the keys far above their block's mean key, which the pooled estimate misses
+    ("block b0.98 w2% rows/2 +64 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.98, row_stride=2, stripes=True, max_stripes=64))),
+    ("block b0.99 w2% rows/2 +64 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, stripes=True, max_stripes=64))),
+    ("block b0.993 w2% rows/2 +64 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.993, row_stride=2, stripes=True, max_stripes=64))),
+    ("block b0.98 w2% rows/2 p2 +64 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.98, row_stride=2, share_power=2, stripes=True, max_stripes=64))),
+    ("block b0.99 w2% rows/2 p2 +64 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, share_power=2, stripes=True, max_stripes=64))),
+    ("block b0.99 w2% rows/2 +256 stripes s0.5%",
+     _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, stripes=True, max_stripes=256))),
     # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
     ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),
                                                  dense_above=0.7)),
@@ -82,6 +96,11 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("1m block b0.97 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.97, row_stride=4, share_power=2))),
     ("1m block b0.98 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, row_stride=4, share_power=2))),
     ("1m block b0.99 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, row_stride=4, share_power=2))),
+    ("1m block b0.993 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.993, row_stride=4, share_power=2))),
+    ("1m block b0.98 w1% rows/4 +64 stripes s0.1%",
+     _config(0.99, 0.01, 0.001, BlockRule(beta=0.98, row_stride=4, stripes=True, max_stripes=64))),
+    ("1m block b0.98 w1% rows/4 p2 +64 stripes s0.1%",
+     _config(0.99, 0.01, 0.001, BlockRule(beta=0.98, row_stride=4, share_power=2, stripes=True, max_stripes=64))),
 ]
 
 #: Peers timed beside the rules with ``--peers`` (`sampleattn.bench.peers`: MInference's
@@ -122,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SmolLM2 layer bands: mid (layer 14), late (24); and inputs without real heads: "
                              "synthetic (the structured generator with a quarter of the columns as stripes: a "
                              "dense plan), random (i.i.d. Gaussian q, k, v: no structure at all)")
-    parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names (default: all but the 1M settings, whose names start with '1m ')")
+    parser.add_argument("--methods", default="", help="comma-separated substrings of METHODS names, or whole names after '=' (default: all but the 1M settings, whose names start with '1m ')")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--error-rows", type=int, default=256)
     parser.add_argument("--dry-run", action="store_true", help="tiny length and SmolLM2's geometry (CPU)")
@@ -156,7 +175,8 @@ def main(argv: list[str] | None = None, extra_methods: list | None = None) -> li
     geometry_name = "smollm2" if args.dry_run else "llama3"
     geometry = h.GEOMETRIES[geometry_name]
     if args.methods:
-        chosen = [(n, c) for n, c in METHODS if any(s in n for s in args.methods.split(","))]
+        specs = [s for s in args.methods.split(",") if s]
+        chosen = [(n, c) for n, c in METHODS if any(n == s[1:] if s.startswith("=") else s in n for s in specs)]
     else:
         chosen = [(n, c) for n, c in METHODS if not n.startswith("1m ")]
     if args.dry_run:  # two rules at small tiles: a check of every code path, not a measurement

@@ -61,17 +61,21 @@ def _band_tiles(
 
 @triton.jit
 def _block_tiles(
-    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base, pos, w, seqlen_k, first, last,
-    offs_d, d_mask, qk_scale,
+    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base, flag_base, pos, w, seqlen_k,
+    first, last, offs_d, d_mask, qk_scale,
     KEY_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SKIP_COLUMNS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, LSE_ONLY: tl.constexpr,
 ):
     """Attend to the chosen key blocks ``[first, last)`` of the query block's list, each as
     ``KEY_BLOCK // BLOCK_N`` key tiles. Without ``MASKED`` every key is left of every row's
     window (no row mask); ``SKIP_COLUMNS`` drops the keys that are selected columns
-    (``member_base[j] != 0``), which (a) already counted."""
+    (``member_base[j] != 0``), which (a) already counted. The column test runs only on blocks
+    that hold a column (``flag_base[c] != 0``): with a few stripe columns most blocks hold
+    none, and their tiles then cost what they cost without stripes."""
     for i in range(first, last):
         c = tl.load(blk_base + i).to(tl.int64)
+        if SKIP_COLUMNS:
+            has_column = tl.load(flag_base + c) != 0
         for sub in tl.static_range(KEY_BLOCK // BLOCK_N):
             offs_n = c * KEY_BLOCK + sub * BLOCK_N + tl.arange(0, BLOCK_N)
             if MASKED:
@@ -88,19 +92,22 @@ def _block_tiles(
             if MASKED:
                 keep = n_mask[None, :] & (offs_n[None, :] <= pos[:, None] - w)
                 if SKIP_COLUMNS:
-                    keep = keep & (tl.load(member_base + offs_n, mask=n_mask, other=1) == 0)[None, :]
+                    if has_column:
+                        keep = keep & (tl.load(member_base + offs_n, mask=n_mask, other=1) == 0)[None, :]
                 s = tl.where(keep, s, float("-inf"))
             elif SKIP_COLUMNS:
-                taken = tl.load(member_base + offs_n) != 0
-                s = tl.where(taken[None, :], float("-inf"), s)
+                if has_column:
+                    taken = tl.load(member_base + offs_n) != 0
+                    s = tl.where(taken[None, :], float("-inf"), s)
             acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, qk_scale, DOT_PRECISION, LSE_ONLY)
     return acc, m_i, l_i
 
 
 @triton.jit(do_not_specialize=LENGTH_ARGS + ["q_offset", "stride_lb", "stride_lh", "stride_eb", "stride_eh",
-                                               "stride_xb", "stride_xh", "stride_xq", "stride_ub", "stride_uh"])
+                                               "stride_xb", "stride_xh", "stride_xq", "stride_ub", "stride_uh",
+                                               "stride_fb", "stride_fh"])
 def sparse_attention_fwd_kernel(
-    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL, BLK_IDX, BLK_END, BLK_ALL, MEMBER,
+    Q, K, V, O, LSE, COL_IDX, COL_END, COL_ALL, WINDOW, K_SEL, V_SEL, BLK_IDX, BLK_END, BLK_ALL, MEMBER, BLK_FLAG,
     stride_qb, stride_qm, stride_qh,
     stride_kb, stride_kn, stride_kh,
     stride_vb, stride_vn, stride_vh,
@@ -111,6 +118,7 @@ def sparse_attention_fwd_kernel(
     stride_eb, stride_eh,
     stride_xb, stride_xh, stride_xq,
     stride_ub, stride_uh,
+    stride_fb, stride_fh,
     nheads_q, seqlen_q, seqlen_k, q_offset, qk_scale,
     q_per_kv, q_per_sel, segment_rows, m_stride, m_first, block_rows,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -135,7 +143,8 @@ def sparse_attention_fwd_kernel(
     query block of ``block_rows`` rows, ascending; BLK_END and BLK_ALL (B, Hq, n_mblocks) int32
     (the strides of COL_END) how many leading entries hold a key left of the window of the
     block's last row, and lie wholly left of its first row's window; MEMBER (B, Hsel, Sk) uint8,
-    nonzero for selected columns (read with ``SKIP_COLUMNS``).
+    nonzero for selected columns, and BLK_FLAG (B, Hsel, n_kblocks) uint8, nonzero for key blocks
+    that hold one (both read with ``SKIP_COLUMNS``).
     """
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     # Program order: the query heads that share a KV head run side by side on the same query
@@ -219,14 +228,15 @@ def sparse_attention_fwd_kernel(
         # mask), then those that reach into some row's window.
         blk_base = BLK_IDX + b * stride_xb + sel_h * stride_xh + (row0 // block_rows).to(tl.int64) * stride_xq
         member_base = MEMBER + b * stride_ub + sel_h * stride_uh
+        flag_base = BLK_FLAG + b * stride_fb + sel_h * stride_fh
         n_blk = tl.load(BLK_END + b * stride_eb + h64 * stride_eh + pid_m)
         n_blk_all = tl.load(BLK_ALL + b * stride_eb + h64 * stride_eh + pid_m)
         acc, m_i, l_i = _block_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base,
-                                     pos, w, seqlen_k, 0, n_blk_all, offs_d, d_mask, qk_scale,
+                                     flag_base, pos, w, seqlen_k, 0, n_blk_all, offs_d, d_mask, qk_scale,
                                      KEY_BLOCK=KEY_BLOCK, BLOCK_N=BLOCK_N, MASKED=False, SKIP_COLUMNS=SKIP_COLUMNS,
                                      DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
         acc, m_i, l_i = _block_tiles(acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_vn, blk_base, member_base,
-                                     pos, w, seqlen_k, n_blk_all, n_blk, offs_d, d_mask, qk_scale,
+                                     flag_base, pos, w, seqlen_k, n_blk_all, n_blk, offs_d, d_mask, qk_scale,
                                      KEY_BLOCK=KEY_BLOCK, BLOCK_N=BLOCK_N, MASKED=True, SKIP_COLUMNS=SKIP_COLUMNS,
                                      DOT_PRECISION=DOT_PRECISION, LSE_ONLY=LSE_ONLY)
 

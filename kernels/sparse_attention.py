@@ -17,8 +17,8 @@ from ._specialization import batch_stride
 from .sampling import dot_precision
 from .tiles import launch_for, padded_head_dim
 
-__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "check_grid_y", "column_members",
-           "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
+__all__ = ["COMPACT_MEMORY_SHARE", "MAX_GRID_Y", "blocks_left_of_window", "blocks_with_columns", "check_grid_y",
+           "column_members", "columns_left_of_window", "compact_columns", "sparse_attention_fwd"]
 
 #: CUDA limits grid dimensions y and z to 65,535; batch * heads goes on y.
 MAX_GRID_Y = 65_535
@@ -156,6 +156,14 @@ def column_members(col_idx: torch.Tensor, seqlen_k: int) -> torch.Tensor:
     return member[:, :, :seqlen_k]
 
 
+def blocks_with_columns(member: torch.Tensor, key_block: int) -> torch.Tensor:
+    """(B, Hsel, Sk) uint8 column members -> (B, Hsel, ceil(Sk / key_block)) uint8, 1 where a key
+    block holds at least one selected column."""
+    pad = -member.shape[-1] % key_block
+    padded = torch.nn.functional.pad(member, (0, pad))
+    return padded.view(*member.shape[:2], -1, key_block).amax(dim=-1).contiguous()
+
+
 def sparse_attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -260,16 +268,20 @@ def sparse_attention_fwd(
         blk_all, blk_end = blocks_left_of_window(blk_idx, window, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
                                                  block_m=block_m, block_rows=block_rows, key_block=key_block,
                                                  q_per_sel=q_per_sel, q_offset=q_offset)
-        member = column_members(col_idx, seqlen_k) if has_columns else col_idx
         blk_strides = (batch_stride(blk_idx), blk_idx.stride(1), blk_idx.stride(2))
-        member_strides = (batch_stride(member), member.stride(1)) if has_columns else (0, 0)
+        if has_columns:
+            member = column_members(col_idx, seqlen_k)
+            flags = blocks_with_columns(member, key_block)
+            member_strides = (batch_stride(member), member.stride(1), batch_stride(flags), flags.stride(1))
+        else:
+            member, flags, member_strides = col_idx, col_idx, (0, 0, 0, 0)
     else:  # unused by the kernel
-        blk_idx, blk_all, blk_end, member = col_idx, col_all, col_end, col_idx
-        blk_strides, member_strides = (0, 0, 0), (0, 0)
+        blk_idx, blk_all, blk_end, member, flags = col_idx, col_all, col_end, col_idx, col_idx
+        blk_strides, member_strides = (0, 0, 0), (0, 0, 0, 0)
     # The query heads of one KV head vary fastest (see the kernel's program order).
     grid = (triton.cdiv(n_mblocks - m_first, m_stride) * q_per_kv, batch * nheads_kv)
     sparse_attention_fwd_kernel[grid](
-        q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel, blk_idx, blk_end, blk_all, member,
+        q, k, v, out, lse, col_idx, col_end, col_all, window, k_sel, v_sel, blk_idx, blk_end, blk_all, member, flags,
         batch_stride(q), q.stride(1), q.stride(2),
         batch_stride(k), k.stride(1), k.stride(2),
         batch_stride(v), v.stride(1), v.stride(2),

@@ -52,10 +52,11 @@ def uses_static_kmax(device: torch.device) -> bool:
 
 def select_columns(
     scores: torch.Tensor, window_mass: torch.Tensor, n_rows: torch.Tensor, alpha: torch.Tensor,
-    *, reach: torch.Tensor, static: bool | None = None,
+    *, reach: torch.Tensor, static: bool | None = None, max_count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Take, per selection head and segment, the shortest prefix of columns by descending score
-    such that ``(window_mass + sum of their scores) / n_rows >= alpha``.
+    such that ``(window_mass + sum of their scores) / n_rows >= alpha``, at most ``max_count``
+    of them (None: no limit).
 
     Args:
         scores: (B, Hsel, n_seg, Sk) fp32 column scores (mass outside each row's window).
@@ -65,8 +66,8 @@ def select_columns(
         reach: (Hsel, n_seg) int64 the last column any row of the segment can see outside its
             window; with ``alpha >= 1`` every column up to it is taken (exact attention), even
             those whose score underflowed to zero.
-        static: ``kmax = Sk`` (no host synchronisation) when True, the largest count when
-            False; None decides by `uses_static_kmax`.
+        static: ``kmax = Sk`` (``min(Sk, max_count)``; no host synchronisation) when True, the
+            largest count when False; None decides by `uses_static_kmax`.
     Returns:
         col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with Sk to a width that is a
             multiple of `COL_IDX_ALIGN` (at least the largest count; ``Sk`` rounded up when static);
@@ -85,10 +86,12 @@ def select_columns(
     count = torch.where(need.squeeze(-1) <= 0, torch.zeros_like(count), count)
     available = (ordered > 0).sum(dim=-1)
     count = torch.where(full.view(1, n_sel, 1), available, torch.minimum(count, available))
+    if max_count is not None:
+        count = count.clamp(max=max_count)
     if static is None:
         static = uses_static_kmax(scores.device)
     if static:
-        kmax = seqlen_k
+        kmax = seqlen_k if max_count is None else min(seqlen_k, max_count)
     else:
         kmax = max(int(count.max().item()), 1) if count.numel() else 1
     top = order[..., :kmax]

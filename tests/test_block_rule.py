@@ -25,22 +25,32 @@ def cfg(rule: BlockRule, **kw) -> SampleAttentionConfig:
     return SampleAttentionConfig(selection=rule, **base)
 
 
-# (batch, seqlen_q, seqlen_k, Hq, Hkv, D, granularity, key_block, stripes, dtype index)
+# (batch, seqlen_q, seqlen_k, Hq, Hkv, D, granularity, key_block, stripes, dtype index); stripes
+# is False, True (as many as alpha takes) or the most columns kept (max_stripes: a few, so that
+# some chosen blocks hold a column and others none)
 GRID = [
     (1, 300, 300, 4, 4, 64, "query_head", 64, True, 0),
     (2, 200, 333, 4, 1, 64, "kv_head", 32, True, 1),  # MQA, Sq < Sk, batch 2
     (1, 257, 257, 8, 2, 128, "kv_head", 64, False, 0),  # GQA 4, no stripes
     (1, 190, 190, 3, 1, 96, "query_head", 32, True, 1),
+    (1, 300, 300, 4, 2, 64, "kv_head", 32, 3, 0),
+    (2, 230, 260, 2, 2, 64, "query_head", 64, 2, 1),
 ]
 
 
+def _stripes_id(stripes) -> str:
+    return "" if stripes is False else "-stripes" if stripes is True else f"-stripes{stripes}"
+
+
 @pytest.mark.parametrize("case", GRID, ids=lambda c: f"b{c[0]}-{c[1]}x{c[2]}-{c[3]}/{c[4]}-d{c[5]}-{c[6]}-kb{c[7]}"
-                         f"{'-stripes' if c[8] else ''}")
+                         f"{_stripes_id(c[8])}")
 def test_kernels_match_the_reference(case):
     batch, sq, sk, hq, hkv, d, gran, kb, stripes, di = case
     dtype = DTYPES[di]
     q, k, v = qkv(batch, sq, sk, hq, hkv, d, dtype, seed=sq + kb)
-    config = cfg(BlockRule(beta=0.85, key_block=kb, stripes=stripes), gqa_granularity=gran)
+    limit = None if isinstance(stripes, bool) else stripes
+    rule = BlockRule(beta=0.85, key_block=kb, stripes=stripes is not False, max_stripes=limit)
+    config = cfg(rule, gqa_granularity=gran)
     q_per_sel = hq // hkv if gran == "kv_head" else 1
     scores = block_scores(q, k, key_block=kb, block_rows=64, q_per_sel=q_per_sel, scale=d ** -0.5)
     expected = block_scores_ref(q, k, key_block=kb, block_rows=64, q_per_sel=q_per_sel, scale=d ** -0.5)
@@ -49,6 +59,15 @@ def test_kernels_match_the_reference(case):
     rows = torch.clamp(sq - torch.arange(scores.shape[2], device=q.device) * 64, max=64).to(torch.float32)
     torch.testing.assert_close(scores.sum(-1), (rows * q_per_sel).expand_as(scores.sum(-1)), atol=1e-2, rtol=1e-3)
     p, p_ref = plan(q, k, config), plan_ref(q, k, config)
+    if limit is not None:
+        assert int(p.col_count.max()) == limit and p.col_idx.shape[-1] == 16  # the limit binds
+        # some chosen blocks hold a column and others none: stage 3 tests columns in the former only
+        n_kb = -(-sk // kb)
+        with_column = torch.zeros(*p.col_idx.shape[:2], n_kb + 1, dtype=torch.bool, device=q.device)
+        with_column.scatter_(2, (p.col_idx[:, :, 0].long() // kb).clamp(max=n_kb), True)
+        chosen = p.blocks.blk_idx.long().clamp(max=n_kb)
+        hit = with_column.gather(2, chosen.flatten(2)).view_as(chosen)[chosen < n_kb]
+        assert bool(hit.any()) and not bool(hit.all())
     if dtype == torch.float32:  # the same selection (fp16 scores may break near-ties differently)
         assert torch.equal(p.blocks.blk_idx, p_ref.blocks.blk_idx)
         assert torch.equal(p.col_idx, p_ref.col_idx)
@@ -78,6 +97,28 @@ def test_a_key_in_a_stripe_a_block_and_the_window_is_counted_once():
     assert bool((p.blocks.blk_idx[0, :, 2:] == 0).any())  # block 0 chosen by a later query block
     out = sparse_attention(q, k, v, p)
     assert rel_err(out, attention_ref(q, k, v, mask=p.to_dense())) < 1e-5
+
+
+def test_max_stripes_keeps_the_highest_scoring_columns():
+    """A limit on the stripes keeps the top columns of the unlimited selection (by the sampled
+    rows' scores), on the kernel path and the reference alike; a limit without stripes is refused."""
+    q, k, v = qkv(1, 320, 320, 4, 2, 64, torch.float32, seed=11)
+    free = cfg(BlockRule(beta=0.8, key_block=32, stripes=True), alpha=0.95, gqa_granularity="kv_head")
+    limited = cfg(BlockRule(beta=0.8, key_block=32, stripes=True, max_stripes=4), alpha=0.95,
+                  gqa_granularity="kv_head")
+    p_free = plan(q, k, free, keep_scores=True)
+    assert int(p_free.col_count.min()) > 4
+    for make in (plan, plan_ref):
+        p = make(q, k, limited)
+        assert p.col_count.tolist() == [[[4], [4]]]
+        for h in range(2):
+            scores = p_free.scores[0, h, 0]
+            top = torch.topk(scores, 4).indices.sort().values
+            assert p.selected_columns(0, h * p.q_per_sel).tolist() == top.tolist()
+    with pytest.raises(ValueError, match="set stripes=True or leave max_stripes=None"):
+        BlockRule(max_stripes=8)
+    assert BlockRule(stripes=True, max_stripes=8).hash_fields()["max_stripes"] == 8
+    assert "max_stripes" not in BlockRule(stripes=True).hash_fields()
 
 
 def test_target_one_is_exact_attention():

@@ -98,7 +98,8 @@ def _plan_cp(q, k, config: SampleAttentionConfig, layout: SequenceLayout, comm: 
     if isinstance(rule, SampledRule) or (isinstance(rule, BlockRule) and rule.stripes):
         q_s = gather_sampled_queries(setup, q, layout, comm)
         scores, finite = stripe_scores_cp(setup, q_s, k, key_pos, comm)
-        col_idx, col_count = select_columns_cp(setup, scores, finite, key_pos, comm)
+        max_count = rule.max_stripes if isinstance(rule, BlockRule) else None
+        col_idx, col_count = select_columns_cp(setup, scores, finite, key_pos, comm, max_count=max_count)
         stats = RowStatistics(scores=scores, wmass=None, stripe_mass_of=None, finite=finite)
     else:
         n_sel = nheads_q // setup.q_per_sel

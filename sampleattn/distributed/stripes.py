@@ -113,9 +113,10 @@ def stripe_scores_cp(setup: PlanSetup, q_s: torch.Tensor, k: torch.Tensor, key_p
 
 
 def select_columns_cp(setup: PlanSetup, scores: torch.Tensor, finite: torch.Tensor, key_pos: torch.Tensor,
-                      comm: Communicator) -> tuple[torch.Tensor, torch.Tensor]:
+                      comm: Communicator, *, max_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 of the paper's rule over every rank's columns (`sampleattn.selection.select_columns`
-    on the concatenated scores, without concatenating them).
+    on the concatenated scores, without concatenating them), at most ``max_count`` columns per
+    head and segment (None: no limit).
 
     Args:
         scores: (B, Hsel, n_seg, L) fp32 this rank's column scores; key_pos (L,) int64 ascending.
@@ -164,6 +165,9 @@ def select_columns_cp(setup: PlanSetup, scores: torch.Tensor, finite: torch.Tens
         count = torch.where(need <= 0, torch.zeros_like(below), below + 1)
         count = torch.where(full.view(1, n_sel, 1), available, torch.minimum(count, available))
         decided = (below < n_safe) | (n_safe >= available) | (need <= 0)
+        if max_count is not None:
+            count = count.clamp(max=max_count)
+            decided = decided | (n_safe >= max_count)  # the first max_count entries are final
         if offer >= local or bool(decided.all()):
             break
         offer = min(local, offer * 4)

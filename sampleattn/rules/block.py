@@ -16,7 +16,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import SelectionRule, sampled_pair_share
 from .sampled import select_stripes
@@ -60,6 +60,11 @@ class BlockRule(SelectionRule):
             total (`selection_target`), so that a beta keeps about the same density. With 1 a
             block only one row of the 128 needs sums to at most 1/128 of the total and falls
             in the dropped tail; squares rank it by how much that row needs it.
+        max_stripes: with ``stripes``, keep at most this many stripe columns per selection head
+            (the highest-scoring ones; fewer when alpha is reached first). None: as many as
+            alpha takes. A block whose mass sits on one key far above the block's mean key is
+            what the pooled estimate misses; a few heavy columns, found by a few sampled rows
+            (a small ``sample_ratio``), keep those keys for every row at little density.
     """
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
@@ -70,6 +75,14 @@ class BlockRule(SelectionRule):
     sink_blocks: int = Field(1, ge=0, description="how many leading key blocks every query block keeps")
     row_stride: int = Field(1, ge=1, le=8, description="the estimate scores one query row in every row_stride, a power of two")
     share_power: int = Field(1, ge=1, le=4, description="the power of each row's block shares before they are summed and selected")
+    max_stripes: int | None = Field(None, ge=1, description="the most stripe columns kept per selection head (with stripes=True); None: as many as alpha takes")
+
+    @model_validator(mode="after")
+    def _stripes_to_limit(self) -> "BlockRule":
+        if self.max_stripes is not None and not self.stripes:
+            raise ValueError(f"max_stripes={self.max_stripes} limits the stripe columns, but stripes=False keeps none; "
+                             "set stripes=True or leave max_stripes=None")
+        return self
 
     @field_validator("key_block", "row_stride")
     @classmethod
@@ -98,6 +111,8 @@ class BlockRule(SelectionRule):
             fields["row_stride"] = self.row_stride
         if self.share_power != 1:
             fields["share_power"] = self.share_power
+        if self.max_stripes is not None:
+            fields["max_stripes"] = self.max_stripes
         return fields
 
     @property
@@ -116,7 +131,7 @@ class BlockRule(SelectionRule):
         from sampleattn.planning import make_plan
 
         if self.stripes:
-            col_idx, col_count = select_stripes(setup, stats)
+            col_idx, col_count = select_stripes(setup, stats, max_count=self.max_stripes)
         else:
             col_idx = torch.full((setup.batch, setup.nheads_q // setup.q_per_sel, 1, 16),
                                  setup.seqlen_k, dtype=torch.int32, device=q.device)
@@ -173,11 +188,15 @@ class BlockRule(SelectionRule):
 
     @classmethod
     def suggest(cls, trial: Any, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {"beta": trial.suggest_float("beta", 0.8, 0.998),
-                "key_block": trial.suggest_categorical("key_block", [64, 128]),
-                "row_stride": trial.suggest_categorical("row_stride", [1, 2, 4]),
-                "share_power": trial.suggest_categorical("share_power", [1, 2]),
-                "stripes": trial.suggest_categorical("stripes", [True, False])}
+        params = {"beta": trial.suggest_float("beta", 0.8, 0.998),
+                  "key_block": trial.suggest_categorical("key_block", [64, 128]),
+                  "row_stride": trial.suggest_categorical("row_stride", [1, 2, 4]),
+                  "share_power": trial.suggest_categorical("share_power", [1, 2]),
+                  "stripes": trial.suggest_categorical("stripes", [True, False])}
+        if params["stripes"]:
+            # a few heavy columns (from few sampled rows) or the paper's alpha-many
+            params["max_stripes"] = trial.suggest_categorical("max_stripes", [64, 256, None])
+        return params
 
 
 def candidate_blocks(

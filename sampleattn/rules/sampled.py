@@ -20,13 +20,17 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SampledRule", "select_stripes"]
 
 
-def select_stripes(setup: "PlanSetup", stats: "RowStatistics") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Stage 2 of the paper's rule: (col_idx, col_count) reaching each selection head's alpha."""
+def select_stripes(
+    setup: "PlanSetup", stats: "RowStatistics", *, max_count: int | None = None,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Stage 2 of the paper's rule: (col_idx, col_count) reaching each selection head's alpha,
+    with at most ``max_count`` columns per head and segment (None: no limit)."""
     from sampleattn.planning import selection_inputs
     from sampleattn.selection import select_columns
 
     window_sum, n_counted = selection_inputs(setup, stats)
-    return select_columns(stats.scores, window_sum, n_counted, setup.alpha_sel_dev, reach=setup.reach_dev)
+    return select_columns(stats.scores, window_sum, n_counted, setup.alpha_sel_dev, reach=setup.reach_dev,
+                          max_count=max_count)
 
 
 class SampledRule(SelectionRule):

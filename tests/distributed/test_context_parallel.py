@@ -30,11 +30,14 @@ CONFIGS = {
     "block-stripes": SampleAttentionConfig(alpha=0.7, gqa_granularity="kv_head",
                                            selection=BlockRule(beta=0.7, key_block=16, stripes=True), **COMMON),
     "block-p2": SampleAttentionConfig(selection=BlockRule(beta=0.8, key_block=16, share_power=2), **COMMON),
+    "block-heavy": SampleAttentionConfig(alpha=0.95, gqa_granularity="kv_head",
+                                         selection=BlockRule(beta=0.7, key_block=16, stripes=True, max_stripes=5),
+                                         **COMMON),
     "dense": SampleAttentionConfig(**{**COMMON, "dense_below": 1 << 20}),
 }
 SHAPES = {  # batch, query heads, KV heads (GQA 2:1 and MQA 4:1)
     "sampled": (2, 4, 2), "sampled-kv": (1, 4, 1), "block": (2, 4, 2), "block-stripes": (1, 4, 2), "block-p2": (1, 4, 2),
-    "dense": (1, 2, 1),
+    "block-heavy": (1, 4, 2), "dense": (1, 2, 1),
 }
 # (config, layout, backend) per world size: every rule and layout at several world sizes, each
 # world size both layouts; stage 3 and the block rule's estimate take the Triton kernels
@@ -44,7 +47,7 @@ RUNS = {
     2: [("sampled", "contiguous", "auto"), ("sampled-kv", "zigzag", "auto"), ("block", "zigzag", "torch"),
         ("block-stripes", "contiguous", "auto"), ("block-p2", "zigzag", "auto"), ("dense", "contiguous", "auto")],
     3: [("sampled", "zigzag", "auto"), ("sampled-kv", "contiguous", "auto"), ("block", "contiguous", "torch"),
-        ("block-stripes", "zigzag", "auto")],
+        ("block-stripes", "zigzag", "auto"), ("block-heavy", "contiguous", "auto")],
     4: [("sampled", "contiguous", "auto"), ("sampled", "zigzag", "auto"), ("block", "contiguous", "auto"),
         ("block", "zigzag", "auto"), ("block-stripes", "zigzag", "torch")],
 }
