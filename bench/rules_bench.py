@@ -68,18 +68,19 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("block b0.99 w2% rows/2 p2 +stripes a0.9 s2%",
      _config(0.9, 0.02, 0.02, BlockRule(beta=0.99, row_stride=2, share_power=2, stripes=True))),
     # a few heavy stripe columns (the top 64 or 256 per KV head, from 0.5% of the rows) with the
-    # blocks: the keys far above their block's mean key, which the pooled estimate misses
-    ("block b0.98 w2% rows/2 +64 stripes s0.5%",
+    # blocks: the keys far above their block's mean key, which the pooled estimate misses (named
+    # so that no earlier row's name is a part of theirs: the GPU scripts select rows by parts)
+    ("block b0.98 rows/2 w2% +64 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.98, row_stride=2, stripes=True, max_stripes=64))),
-    ("block b0.99 w2% rows/2 +64 stripes s0.5%",
+    ("block b0.99 rows/2 w2% +64 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, stripes=True, max_stripes=64))),
-    ("block b0.993 w2% rows/2 +64 stripes s0.5%",
+    ("block b0.993 rows/2 w2% +64 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.993, row_stride=2, stripes=True, max_stripes=64))),
-    ("block b0.98 w2% rows/2 p2 +64 stripes s0.5%",
+    ("block b0.98 rows/2 p2 w2% +64 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.98, row_stride=2, share_power=2, stripes=True, max_stripes=64))),
-    ("block b0.99 w2% rows/2 p2 +64 stripes s0.5%",
+    ("block b0.99 rows/2 p2 w2% +64 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, share_power=2, stripes=True, max_stripes=64))),
-    ("block b0.99 w2% rows/2 +256 stripes s0.5%",
+    ("block b0.99 rows/2 w2% +256 stripes s0.5%",
      _config(0.99, 0.02, 0.005, BlockRule(beta=0.99, row_stride=2, stripes=True, max_stripes=256))),
     # dense attention instead of stage 3 when the plan keeps more than 70% of the pairs
     ("block b0.99 w2% rows/2 dense>0.7", _config(0.9, 0.02, 0.05, BlockRule(beta=0.99, row_stride=2),
@@ -97,9 +98,9 @@ METHODS: list[tuple[str, SampleAttentionConfig]] = [
     ("1m block b0.98 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.98, row_stride=4, share_power=2))),
     ("1m block b0.99 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.99, row_stride=4, share_power=2))),
     ("1m block b0.993 w1% rows/4 p2", _config(0.9, 0.01, 0.01, BlockRule(beta=0.993, row_stride=4, share_power=2))),
-    ("1m block b0.98 w1% rows/4 +64 stripes s0.1%",
+    ("1m block b0.98 rows/4 w1% +64 stripes s0.1%",
      _config(0.99, 0.01, 0.001, BlockRule(beta=0.98, row_stride=4, stripes=True, max_stripes=64))),
-    ("1m block b0.98 w1% rows/4 p2 +64 stripes s0.1%",
+    ("1m block b0.98 p2 rows/4 w1% +64 stripes s0.1%",
      _config(0.99, 0.01, 0.001, BlockRule(beta=0.98, row_stride=4, share_power=2, stripes=True, max_stripes=64))),
 ]
 

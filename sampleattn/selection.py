@@ -6,10 +6,10 @@ memory per head, no Python loop over heads or rows. Shared by the kernel path
 
 The width ``kmax`` of ``col_idx`` is the one value of a plan that needs the host: by default it is
 the largest column count, read back with one device synchronisation. Under `static_kmax` (or
-while the current CUDA stream is being captured into a graph) it is ``seqlen_k`` instead, a
-bound known from the shapes, so the plan does no host synchronisation at all; the columns, the
-counts and every result are the same, only the padding is wider. Either width is then padded to
-a multiple of 16 (`COL_IDX_ALIGN`).
+while the current CUDA stream is being captured into a graph) it is ``seqlen_k`` (or a smaller
+limit on the count) instead, a bound known from the shapes, so the plan does no host
+synchronisation at all; the columns, the counts and every result are the same, only the padding
+is wider. Either width is then padded to a multiple of 16 (`COL_IDX_ALIGN`).
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ def select_columns(
             those whose score underflowed to zero.
         static: ``kmax = Sk`` (``min(Sk, max_count)``; no host synchronisation) when True, the
             largest count when False; None decides by `uses_static_kmax`.
+        max_count: the most columns taken per selection head and segment (the highest-scoring
+            ones, even where alpha is 1); None: no limit.
     Returns:
         col_idx: (B, Hsel, n_seg, kmax) int32, ascending, padded with Sk to a width that is a
-            multiple of `COL_IDX_ALIGN` (at least the largest count; ``Sk`` rounded up when static);
+            multiple of `COL_IDX_ALIGN` (at least the largest count; ``Sk``, or ``max_count`` when
+            smaller, rounded up when static);
         col_count: (B, Hsel, n_seg) int32. Columns with zero score are never taken (alpha < 1).
     """
     batch, n_sel, n_seg, seqlen_k = scores.shape
@@ -78,7 +81,8 @@ def select_columns(
     full = (alpha >= 1.0).view(1, n_sel, 1, 1)
     cols = torch.arange(seqlen_k, device=scores.device)
     within = cols.view(1, 1, 1, -1) <= reach.to(scores.device).view(1, n_sel, n_seg, 1)
-    ranked = torch.where(full, within.to(scores.dtype), scores)
+    # alpha 1 takes every column up to the reach; under a limit the scores rank them still
+    ranked = scores if max_count is not None else torch.where(full, within.to(scores.dtype), scores)
     ordered, order = torch.sort(ranked, dim=-1, descending=True, stable=True)
     prefix = torch.cumsum(ordered, dim=-1)
     need = (alpha * n_rows - window_mass).unsqueeze(-1)

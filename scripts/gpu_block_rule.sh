@@ -48,11 +48,11 @@ case "$part" in
             --methods "sampled a0.95 w8%,b0.99 nostripes w2%,dense>0.7" --out "$out" > "$out/log" 2>&1 ;;
     rules1m)
         run timeout 330 "${bench[@]}" --length 1m --bands mid --repeat 1 \
-            --methods "1m sampled,1m block b0.95 w1% rows/4,1m block b0.97 w1% rows/4,1m block b0.99 w1% rows/4,rows/4 p2" \
+            --methods "=1m sampled a0.95 w1% s1%,=1m block b0.95 w1% rows/4,=1m block b0.97 w1% rows/4,=1m block b0.99 w1% rows/4,=1m block b0.97 w1% rows/4 p2,=1m block b0.98 w1% rows/4 p2,=1m block b0.99 w1% rows/4 p2" \
             --out "$out" > "$out/log" 2>&1 ;;
     p2-1m)
         run timeout 330 "${bench[@]}" --length 1m --bands mid --repeat 1 \
-            --methods "=1m block b0.99 w1% rows/4 p2,=1m block b0.993 w1% rows/4 p2,1m block b0.98 w1% rows/4 p2 +64" \
+            --methods "=1m block b0.99 w1% rows/4 p2,=1m block b0.993 w1% rows/4 p2,+64 stripes s0.1%" \
             --out "$out" > "$out/log" 2>&1 ;;
     tests)
         run timeout 180 python3 -m pytest -m gpu -q tests/gpu/test_gpu_block_rule.py tests/gpu/test_gpu_operator.py \

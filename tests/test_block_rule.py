@@ -64,7 +64,8 @@ def test_kernels_match_the_reference(case):
         # some chosen blocks hold a column and others none: stage 3 tests columns in the former only
         n_kb = -(-sk // kb)
         with_column = torch.zeros(*p.col_idx.shape[:2], n_kb + 1, dtype=torch.bool, device=q.device)
-        with_column.scatter_(2, (p.col_idx[:, :, 0].long() // kb).clamp(max=n_kb), True)
+        cols = p.col_idx[:, :, 0].long()
+        with_column.scatter_(2, torch.where(cols < sk, cols // kb, n_kb), True)  # padding: slot n_kb
         chosen = p.blocks.blk_idx.long().clamp(max=n_kb)
         hit = with_column.gather(2, chosen.flatten(2)).view_as(chosen)[chosen < n_kb]
         assert bool(hit.any()) and not bool(hit.all())
@@ -101,24 +102,50 @@ def test_a_key_in_a_stripe_a_block_and_the_window_is_counted_once():
 
 def test_max_stripes_keeps_the_highest_scoring_columns():
     """A limit on the stripes keeps the top columns of the unlimited selection (by the sampled
-    rows' scores), on the kernel path and the reference alike; a limit without stripes is refused."""
+    rows' scores) outside the sink block, which every query block keeps anyway, on the kernel
+    path and the reference alike; a limit without stripes is refused."""
     q, k, v = qkv(1, 320, 320, 4, 2, 64, torch.float32, seed=11)
+    k[:, 3] = 4 * q.mean(dim=(1, 2))[:, None]  # a heavy key in the sink block: never a column
     free = cfg(BlockRule(beta=0.8, key_block=32, stripes=True), alpha=0.95, gqa_granularity="kv_head")
     limited = cfg(BlockRule(beta=0.8, key_block=32, stripes=True, max_stripes=4), alpha=0.95,
                   gqa_granularity="kv_head")
     p_free = plan(q, k, free, keep_scores=True)
     assert int(p_free.col_count.min()) > 4
+    assert all(3 in p_free.selected_columns(0, h).tolist() for h in (0, 2))  # the heaviest without a limit
     for make in (plan, plan_ref):
         p = make(q, k, limited)
         assert p.col_count.tolist() == [[[4], [4]]]
         for h in range(2):
-            scores = p_free.scores[0, h, 0]
+            scores = p_free.scores[0, h, 0].clone()
+            scores[:32] = 0
             top = torch.topk(scores, 4).indices.sort().values
             assert p.selected_columns(0, h * p.q_per_sel).tolist() == top.tolist()
     with pytest.raises(ValueError, match="set stripes=True or leave max_stripes=None"):
         BlockRule(max_stripes=8)
     assert BlockRule(stripes=True, max_stripes=8).hash_fields()["max_stripes"] == 8
     assert "max_stripes" not in BlockRule(stripes=True).hash_fields()
+
+
+def test_a_limit_on_the_columns_keeps_the_top_scores_on_every_path():
+    """``select_columns(max_count=K)``: the K best columns, the same with the static width (a
+    CUDA graph's, then K rounded up to 16 wide) and where alpha is 1 (ranked by score, not the
+    first K positions)."""
+    from sampleattn.selection import select_columns
+
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.rand(2, 3, 1, 300, generator=gen)
+    scores[..., 7:12] = 0.5  # ties at the limit break by ascending column
+    n_rows = torch.full((2, 3, 1), 20.0)
+    window = torch.full((2, 3, 1), 1.0)
+    reach = torch.full((3, 1), 299)
+    for alpha in (torch.tensor([0.99, 0.99, 0.99]), torch.tensor([1.0, 0.99, 1.0])):
+        dynamic = select_columns(scores, window, n_rows, alpha, reach=reach, static=False, max_count=20)
+        static = select_columns(scores, window, n_rows, alpha, reach=reach, static=True, max_count=20)
+        assert dynamic[1].eq(20).all() and static[0].shape[-1] == 32
+        assert torch.equal(static[1], dynamic[1])
+        assert torch.equal(static[0][..., :20], dynamic[0][..., :20]) and static[0][..., 20:].eq(300).all()
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :20]
+        assert torch.equal(dynamic[0][..., :20].long(), order.sort(dim=-1).values)
 
 
 def test_target_one_is_exact_attention():

@@ -44,6 +44,10 @@ def test_eval_refuses_a_run_without_the_reference_rule(capsys: pytest.CaptureFix
         main(["run", "--alphas", "", "--out", "unused"])
     assert stop.value.code == 2
     assert "--alphas needs at least one alpha" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--block-betas", "0.9", "--block-max-stripes", "64", "--out", "unused"])
+    assert stop.value.code == 2
+    assert "give --block-stripes-alpha too" in capsys.readouterr().err
 
 
 def test_eval_block_rows_carry_the_block_options() -> None:
@@ -60,6 +64,11 @@ def test_eval_block_rows_carry_the_block_options() -> None:
     config = spec.build(None, 4096).config_for(0)
     assert config.block_m == 64 and config.alpha == 0.9
     assert config.selection == BlockRule(beta=0.85, key_block=64, stripes=True, share_power=2)
+    heavy = EvalSettings(alphas=[0.95], baselines=[], oracle_alphas=[], rescored_alphas=[], block_betas=[0.9],
+                         block_stripes_alpha=0.99, block_max_stripes=64)
+    (spec,) = [s for s in method_specs(heavy) if s.family == "block_rule"]
+    assert spec.name == "block b=0.9 w=0.02 stripes a=0.99 max=64"
+    assert spec.build(None, 4096).config_for(0).selection == BlockRule(beta=0.9, stripes=True, max_stripes=64)
     plain = EvalSettings(alphas=[0.95], baselines=[], oracle_alphas=[], rescored_alphas=[], block_betas=[0.9])
     (spec,) = [s for s in method_specs(plain) if s.family == "block_rule"]
     assert spec.name == "block b=0.9 w=0.02"

@@ -16,8 +16,10 @@ selection          the ``--selection`` choices (default          categorical
                    rescored: candidate_share [0.5, 0.99]        trials only)
                    (``candidate_alpha = alpha + share * (1 -
                    alpha)``), rescore_stride 1, 2, 4, 8; block:
-                   beta [0.8, 0.995], key_block 64 or 128,
-                   stripes yes or no
+                   beta [0.8, 0.998], key_block 64 or 128,
+                   row_stride 1, 2, 4, share_power 1 or 2,
+                   stripes yes or no, and with stripes
+                   max_stripes 64, 256 or none
 =================  ===========================================  =======================
 
 ``dense_below`` only decides whether the profile runs dense at its length: any value up to the

@@ -99,6 +99,9 @@ def _plan_cp(q, k, config: SampleAttentionConfig, layout: SequenceLayout, comm: 
         q_s = gather_sampled_queries(setup, q, layout, comm)
         scores, finite = stripe_scores_cp(setup, q_s, k, key_pos, comm)
         max_count = rule.max_stripes if isinstance(rule, BlockRule) else None
+        if isinstance(rule, BlockRule) and rule.heavy_columns_from:
+            # as select_stripes: the sink blocks' keys are kept anyway, their mass counts as reached
+            scores = torch.where(key_pos.view(1, 1, 1, -1) < rule.heavy_columns_from, 0.0, scores)
         col_idx, col_count = select_columns_cp(setup, scores, finite, key_pos, comm, max_count=max_count)
         stats = RowStatistics(scores=scores, wmass=None, stripe_mass_of=None, finite=finite)
     else:

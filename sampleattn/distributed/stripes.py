@@ -121,6 +121,8 @@ def select_columns_cp(setup: PlanSetup, scores: torch.Tensor, finite: torch.Tens
     Args:
         scores: (B, Hsel, n_seg, L) fp32 this rank's column scores; key_pos (L,) int64 ascending.
         finite: (B, Hq, n_slots) bool (`stripe_scores_cp`).
+        max_count: the most columns taken per selection head and segment (the highest-scoring
+            ones, even where alpha is 1); None: no limit.
     Returns:
         col_idx (B, Hsel, n_seg, kmax) int32 ascending, padded with Sk to a multiple of 16, and
         col_count (B, Hsel, n_seg) int32: the same on every rank.
@@ -136,7 +138,7 @@ def select_columns_cp(setup: PlanSetup, scores: torch.Tensor, finite: torch.Tens
     alpha = setup.alpha_sel_dev.to(device, torch.float32).view(1, n_sel, 1)
     full = (alpha >= 1.0).view(1, n_sel, 1, 1)
     within = key_pos.view(1, 1, 1, -1) <= setup.reach_dev.to(device).view(1, n_sel, n_seg, 1)
-    ranked = torch.where(full, within.to(scores.dtype), scores)
+    ranked = scores if max_count is not None else torch.where(full, within.to(scores.dtype), scores)
     need = alpha * n_rows - window_mass
     available = comm.all_gather((ranked > 0).sum(dim=-1), "score_counts").sum(dim=0)
     # ranked ties keep ascending columns (a stable sort of ascending positions), as select_columns

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--block-stripes-alpha", type=float, default=None,
                      help="the block rule keeps the paper's stripe columns too, chosen at this alpha "
                           "(with --sample-ratio); default: no stripes")
+    run.add_argument("--block-max-stripes", type=int, default=None,
+                     help="with --block-stripes-alpha: keep at most this many stripe columns per head "
+                          "(a few heavy columns); default: as many as the alpha takes")
     run.add_argument("--estimator", action="store_true",
                      help="also the prototypes of sampleattn.eval.estimator (pooled, rescored_proto)")
     run.add_argument("--profile", "--profile-store", dest="profile", default=None,
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run" and args.block_max_stripes is not None and args.block_stripes_alpha is None:
+        parser.error("--block-max-stripes limits the block rule's stripe columns: give --block-stripes-alpha too")
     if args.command == "run" and not args.alphas:
         parser.error("--alphas needs at least one alpha: the paper's rule is the reference row, and the "
                      "baselines are matched to its density")
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         block_betas=args.block_betas, block_window_ratio=args.block_window_ratio,
         block_row_stride=args.block_row_stride, block_share_power=args.block_share_power,
         block_size=args.block_size, block_stripes_alpha=args.block_stripes_alpha,
+        block_max_stripes=args.block_max_stripes,
         profile=args.profile, allow_synthetic=args.allow_synthetic, budget_s=args.budget_s,
         secondary_depths=args.secondary_depths, primary_alpha=args.primary_alpha,
         device=args.device, dtype=dtype, backend=args.backend, seed=args.seed,

@@ -45,10 +45,11 @@ def sa_name(alpha: float) -> str:
 
 
 def block_name(beta: float, window_ratio: float, share_power: int = 1, block_size: int = 128,
-               stripes_alpha: float | None = None) -> str:
+               stripes_alpha: float | None = None, max_stripes: int | None = None) -> str:
     return (f"block b={beta:g} w={window_ratio:g}" + (f" p={share_power}" if share_power != 1 else "")
             + (f" kb={block_size}" if block_size != 128 else "")
-            + (f" stripes a={stripes_alpha:g}" if stripes_alpha is not None else ""))
+            + (f" stripes a={stripes_alpha:g}" if stripes_alpha is not None else "")
+            + (f" max={max_stripes}" if max_stripes is not None else ""))
 
 
 def rescored_name(alpha: float, candidate_alpha: float = 0.999, stride: int = 1) -> str:
@@ -154,9 +155,10 @@ def method_specs(settings: EvalSettings, *, tuned: TunedProfiles | None = None) 
                                     block_m=settings.block_size, **sampling,
                                     selection=BlockRule(beta=beta, row_stride=settings.block_row_stride,
                                                         share_power=settings.block_share_power,
-                                                        key_block=settings.block_size, stripes=stripes))
+                                                        key_block=settings.block_size, stripes=stripes,
+                                                        max_stripes=settings.block_max_stripes))
         name = block_name(beta, settings.block_window_ratio, settings.block_share_power, settings.block_size,
-                          settings.block_stripes_alpha)
+                          settings.block_stripes_alpha, settings.block_max_stripes)
         specs.append(MethodSpec(name, "block_rule", None,
                                 lambda _t, _n, cfg=cfg: SampleAttention(cfg, backend=backend), tier=TIER_ALPHAS))
     if settings.profile:

@@ -37,6 +37,7 @@ class EvalSettings:
     block_share_power: int = 1
     block_size: int = 128  # keys per key block and query rows per query block
     block_stripes_alpha: float | None = None  # the paper's stripe columns too, at this alpha
+    block_max_stripes: int | None = None  # at most this many stripe columns per head
     estimator: bool = False
     estimator_pool: int = 64
     profile: str | None = None  # a profile store (URL or path): the ``tuned`` row

@@ -61,10 +61,11 @@ class BlockRule(SelectionRule):
             block only one row of the 128 needs sums to at most 1/128 of the total and falls
             in the dropped tail; squares rank it by how much that row needs it.
         max_stripes: with ``stripes``, keep at most this many stripe columns per selection head
-            (the highest-scoring ones; fewer when alpha is reached first). None: as many as
-            alpha takes. A block whose mass sits on one key far above the block's mean key is
-            what the pooled estimate misses; a few heavy columns, found by a few sampled rows
-            (a small ``sample_ratio``), keep those keys for every row at little density.
+            (the highest-scoring ones, outside the sink blocks; fewer when alpha is reached
+            first). None: as many as alpha takes. A block whose mass sits on one key far above
+            the block's mean key is what the pooled estimate misses; a few heavy columns, found
+            by a few sampled rows (a small ``sample_ratio``), keep those keys for every row at
+            little density.
     """
 
     summary = "stripes plus key blocks per query block, scored by every row against pooled keys"
@@ -116,6 +117,13 @@ class BlockRule(SelectionRule):
         return fields
 
     @property
+    def heavy_columns_from(self) -> int:
+        """With ``max_stripes``, the first key a stripe column may be: the sink blocks' keys are
+        kept for every row anyway, so they neither take one of the few columns nor make their
+        block pay stage 3's column test. 0 without a limit (the paper's columns, as they are)."""
+        return self.sink_blocks * self.key_block if self.max_stripes is not None else 0
+
+    @property
     def selection_target(self) -> float:
         """The share of each query block's summed (powered) scores that the selection keeps."""
         return 1.0 - (1.0 - self.beta) ** self.share_power
@@ -131,7 +139,8 @@ class BlockRule(SelectionRule):
         from sampleattn.planning import make_plan
 
         if self.stripes:
-            col_idx, col_count = select_stripes(setup, stats, max_count=self.max_stripes)
+            col_idx, col_count = select_stripes(setup, stats, max_count=self.max_stripes,
+                                                covered=self.heavy_columns_from)
         else:
             col_idx = torch.full((setup.batch, setup.nheads_q // setup.q_per_sel, 1, 16),
                                  setup.seqlen_k, dtype=torch.int32, device=q.device)

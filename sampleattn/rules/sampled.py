@@ -21,14 +21,27 @@ __all__ = ["SampledRule", "select_stripes"]
 
 
 def select_stripes(
-    setup: "PlanSetup", stats: "RowStatistics", *, max_count: int | None = None,
+    setup: "PlanSetup", stats: "RowStatistics", *, max_count: int | None = None, covered: int = 0,
 ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Stage 2 of the paper's rule: (col_idx, col_count) reaching each selection head's alpha,
-    with at most ``max_count`` columns per head and segment (None: no limit)."""
+    with at most ``max_count`` columns per head and segment (None: no limit). Keys ``[0,
+    covered)`` are kept by another part of the mask (the block rule's sink blocks): their mass
+    counts as reached and none of them is taken as a column."""
+    import dataclasses
+
+    import torch
+
     from sampleattn.planning import selection_inputs
     from sampleattn.selection import select_columns
 
+    head_mass = None
+    if covered > 0:
+        head = stats.scores[..., :covered]
+        head_mass = head.sum(dim=-1)
+        stats = dataclasses.replace(stats, scores=torch.cat([torch.zeros_like(head), stats.scores[..., covered:]], -1))
     window_sum, n_counted = selection_inputs(setup, stats)
+    if head_mass is not None and stats.wmass is not None:
+        window_sum = window_sum + head_mass  # from the scores, the zeroed mass is the window's already
     return select_columns(stats.scores, window_sum, n_counted, setup.alpha_sel_dev, reach=setup.reach_dev,
                           max_count=max_count)
 

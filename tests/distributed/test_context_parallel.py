@@ -185,3 +185,40 @@ def test_a_failing_rank_makes_every_rank_raise_within_the_timeout(world_run):
         if rank != cases[fail]["fail_rank"]:
             assert "ContextParallelError" in record["error"], record["error"]
             assert record["seconds"] < FAIL_TIMEOUT_S + 5.0, record["seconds"]
+
+
+@pytest.mark.parametrize("max_count", [None, 6])
+def test_merged_top_k_over_several_rounds_equals_the_single_process_selection(monkeypatch, max_count):
+    """The ranks' merged top-k with offers of 2 columns (many rounds, each deciding a little),
+    on scores with ties, with and without a limit on the columns: the columns of
+    `select_columns` on the same scores (a group of one, where only the stopping rule acts)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from sampleattn.distributed import stripes
+    from sampleattn.distributed.comm import Communicator
+    from sampleattn.planning import counted_pairs, prepare_plan, window_mass_from_scores
+    from sampleattn.selection import select_columns
+
+    monkeypatch.setattr(stripes, "FIRST_OFFER", 2)
+    q = torch.zeros(1, 200, 4, 16)
+    config = SampleAttentionConfig(alpha=0.9, window_ratio=0.1, sample_ratio=0.2, gqa_granularity="kv_head")
+    setup = prepare_plan(q, q[:, :, :2], config, causal=True, scale=None, heads=None)
+    n_slots = setup.rows.rows.numel()
+    finite = torch.ones(1, 4, n_slots, dtype=torch.bool)
+    scores = (torch.rand(1, 2, 1, 200, generator=torch.Generator().manual_seed(2)) ** 4).mul(8).round().div(8)
+    _, _, n_rows = counted_pairs(setup.rows, setup.window_dev, batch=1, seqlen_q=200, seqlen_k=200, q_per_sel=2,
+                                 finite=finite)
+    want = select_columns(scores, window_mass_from_scores(scores, n_rows), n_rows, setup.alpha_sel_dev,
+                          reach=setup.reach_dev, static=False, max_count=max_count)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        comm = Communicator(timeout=datetime.timedelta(seconds=30))
+        got = stripes.select_columns_cp(setup, scores, finite, torch.arange(200), comm, max_count=max_count)
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(got[1], want[1]) and int(want[1].min()) > 2  # more columns than one offer
+    assert torch.equal(got[0], want[0])
+    if max_count is not None:
+        assert want[1].eq(max_count).all()

@@ -20,9 +20,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                   reason="needs a CUDA GPU: run `pytest -m gpu tests/gpu` there")]
 
 
-def block_config(beta: float, *, row_stride: int = 1, window: float = 0.02) -> SampleAttentionConfig:
-    return SampleAttentionConfig(alpha=0.9, window_ratio=window, sample_ratio=0.05, dense_below=0,
-                                 gqa_granularity="kv_head", selection=BlockRule(beta=beta, row_stride=row_stride))
+def block_config(beta: float, *, row_stride: int = 1, window: float = 0.02,
+                 max_stripes: int | None = None) -> SampleAttentionConfig:
+    stripes = max_stripes is not None
+    return SampleAttentionConfig(alpha=0.99 if stripes else 0.9, window_ratio=window,
+                                 sample_ratio=0.01 if stripes else 0.05, dense_below=0, gqa_granularity="kv_head",
+                                 selection=BlockRule(beta=beta, row_stride=row_stride, stripes=stripes,
+                                                     max_stripes=max_stripes))
 
 
 @pytest.mark.parametrize("row_stride", [1, 2])
@@ -53,19 +57,24 @@ def test_selection_kernel_matches_the_sort():
     assert torch.equal(got_idx, want_idx)
 
 
-@pytest.mark.parametrize("beta,row_stride", [(0.95, 1), (0.99, 2)])
-def test_block_operator_matches_the_oracle_of_its_plan(operator_length, beta, row_stride, gpu_results):
-    """Llama-3-8B geometry (32/8, d128), bf16, 256 random rows."""
+@pytest.mark.parametrize("beta,row_stride,max_stripes", [(0.95, 1, None), (0.99, 2, None), (0.95, 2, 64)])
+def test_block_operator_matches_the_oracle_of_its_plan(operator_length, beta, row_stride, max_stripes, gpu_results):
+    """Llama-3-8B geometry (32/8, d128), bf16, 256 random rows; with ``max_stripes`` a few heavy
+    stripe columns too (stage 3 tests for columns only in the blocks that hold one)."""
     n = operator_length
     q, k, v = structured_inputs(n, 32, 8, 128, torch.bfloat16, seed=n)
-    out, p = sample_attention(q, k, v, block_config(beta, row_stride=row_stride), return_plan=True)
+    config = block_config(beta, row_stride=row_stride, max_stripes=max_stripes)
+    out, p = sample_attention(q, k, v, config, return_plan=True)
     rows = _rows(n)
     err = relative_error(out[:, rows], attention_rows_ref(q, k, v, rows, plan=p))
-    gpu_results("gpu_check", {"check": f"operator block b{beta} rows/{row_stride} bf16 {n} 32/8 d128",
+    label = f"b{beta} rows/{row_stride}" + (f" +{max_stripes} stripes" if max_stripes else "")
+    gpu_results("gpu_check", {"check": f"operator block {label} bf16 {n} 32/8 d128",
                               "error_vs_same_plan": err,
                               "error_vs_full": relative_error(out[:, rows], attention_rows_ref(q, k, v, rows)),
                               "density": p.mean_density, "key_blocks_mean": float(p.blocks.blk_count.float().mean())})
     assert not torch.isnan(out).any()
+    if max_stripes:
+        assert 0 < int(p.col_count.max()) <= max_stripes
     # at the shortest lengths a high beta may keep every block of these inputs: still the plan's
     assert 0 < p.mean_density <= 1
     assert err < 1e-2

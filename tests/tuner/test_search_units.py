@@ -140,8 +140,8 @@ def test_suggested_rule_params_make_a_valid_config():
     from sampleattn.tuner.search_space import config_from_params, suggest_params
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
-    for _ in range(24):
+    seen, limits = set(), set()
+    for _ in range(48):
         trial = study.ask()
         params = suggest_params(trial, 4096, ("sampled", "rescored", "block"))
         config = config_from_params(params)
@@ -153,7 +153,11 @@ def test_suggested_rule_params_make_a_valid_config():
         if rule.name == "block":
             assert 0.8 <= rule.beta <= 0.998 and rule.key_block in (64, 128)
             assert (rule.beta, rule.key_block, rule.stripes) == (params["beta"], params["key_block"], params["stripes"])
+            # a limit on the stripes is asked only of trials that keep stripes
+            assert rule.max_stripes == params.get("max_stripes") and ("max_stripes" in params) == rule.stripes
+            limits.add(rule.max_stripes)
         study.tell(trial, 0.0)
     assert seen == {"sampled", "rescored", "block"}
+    assert {64, 256} <= limits
     only_paper = study.ask()
     assert "selection" not in suggest_params(only_paper, 4096)
