@@ -64,7 +64,7 @@ case "$part" in
     eval)
         run python3 -m sampleattn.eval run --form full --device cuda --budget-s "${BUDGET_S:-420}" --tasks fidelity,needle \
             --lengths 8k,16k,32k --samples 2 --alphas 0.95 --baselines '' --oracle-alphas '' --rescored-alphas '' \
-            --block-betas 0.85,0.875,0.9 --block-share-power 2 --block-size 32 --block-stripes-alpha 0.9 --needle-lengths 4k,8k --depths 0,0.25,0.5,0.75,1 \
+            --block-betas 0.875,0.9,0.92 --block-share-power 2 --block-size 32 --block-stripes-alpha 0.99 --block-max-stripes 256 --needle-lengths 4k,8k --depths 0,0.25,0.5,0.75,1 \
             --needle-methods full,sample_attention,block_rule --no-progress --out "$out" > "$out/log" 2>&1 ;;
     *)
         echo "unknown part $part: rules128k, shares128k, heavy128k, ab BASE.tar, unstructured, rules1m, p2-1m, tests, checks or eval" >&2
