@@ -194,8 +194,8 @@ def sample_attention(
         config: hyperparameters (default `SampleAttentionConfig()`).
         heads: per-query-head overrides of alpha and window_ratio.
         static_kmax: pad the plan's ``col_idx`` to ``seqlen_k`` columns (or the rule's smaller
-            limit on them) instead of reading the largest count back from the device (`sampleattn.selection.static_kmax`): no host
-            synchronisation, the same result. For CUDA-graph capture, warm up with it too.
+            limit on them) instead of reading the largest count back from the device
+            (`sampleattn.selection.static_kmax`): no host synchronisation, the same result. For CUDA-graph capture, warm up with it too.
     Returns:
         out (B, Sq, Hq, D); then lse (B, Hq, Sq) if ``return_lse``; then the plan if ``return_plan``.
     """

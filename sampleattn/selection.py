@@ -20,7 +20,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["block_pairs", "density_per_head", "select_columns", "static_kmax", "uses_static_kmax"]
+__all__ = ["block_pairs", "density_per_head", "select_columns", "static_kmax", "uses_static_kmax",
+           "without_covered_keys"]
 
 #: ``col_idx``'s width is padded to a multiple of this: its strides then stay in one divisibility
 #: class whatever the number of selected columns, so Triton (which specialises integer
@@ -105,6 +106,13 @@ def select_columns(
     width = -(-kmax // COL_IDX_ALIGN) * COL_IDX_ALIGN
     col_idx = torch.nn.functional.pad(col_idx, (0, width - kmax), value=seqlen_k)
     return col_idx.contiguous(), count.to(torch.int32)
+
+
+def without_covered_keys(scores: torch.Tensor, key_pos: torch.Tensor, covered: int) -> torch.Tensor:
+    """Column scores (..., L) with the keys at positions below ``covered`` (key_pos (L,) int64)
+    set to 0: keys another part of the mask keeps (the block rule's sink blocks) are never
+    taken as columns, and the window mass derived from the scores counts their mass as reached."""
+    return torch.where(key_pos.to(scores.device) < covered, 0.0, scores) if covered > 0 else scores
 
 
 def _window_pairs(window: torch.Tensor, first: int, last: int) -> torch.Tensor:

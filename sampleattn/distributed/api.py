@@ -11,6 +11,7 @@ from sampleattn.attention import Backend, resolve_backend, sample_attention
 from sampleattn.config import SampleAttentionConfig
 from sampleattn.planning import RowStatistics, make_plan, prepare_plan
 from sampleattn.rules import BlockRule, SampledRule
+from sampleattn.selection import without_covered_keys
 from sampleattn.validation import check_inference_only, check_kernel_head_dim, check_qkv, default_scale
 
 from .comm import ByteCounter, Communicator
@@ -99,9 +100,8 @@ def _plan_cp(q, k, config: SampleAttentionConfig, layout: SequenceLayout, comm: 
         q_s = gather_sampled_queries(setup, q, layout, comm)
         scores, finite = stripe_scores_cp(setup, q_s, k, key_pos, comm)
         max_count = rule.max_stripes if isinstance(rule, BlockRule) else None
-        if isinstance(rule, BlockRule) and rule.heavy_columns_from:
-            # as select_stripes: the sink blocks' keys are kept anyway, their mass counts as reached
-            scores = torch.where(key_pos.view(1, 1, 1, -1) < rule.heavy_columns_from, 0.0, scores)
+        if isinstance(rule, BlockRule):  # as select_stripes: the sink blocks' keys are kept anyway
+            scores = without_covered_keys(scores, key_pos, rule.heavy_columns_from)
         col_idx, col_count = select_columns_cp(setup, scores, finite, key_pos, comm, max_count=max_count)
         stats = RowStatistics(scores=scores, wmass=None, stripe_mass_of=None, finite=finite)
     else:

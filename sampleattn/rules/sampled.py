@@ -32,13 +32,13 @@ def select_stripes(
     import torch
 
     from sampleattn.planning import selection_inputs
-    from sampleattn.selection import select_columns
+    from sampleattn.selection import select_columns, without_covered_keys
 
     head_mass = None
     if covered > 0:
-        head = stats.scores[..., :covered]
-        head_mass = head.sum(dim=-1)
-        stats = dataclasses.replace(stats, scores=torch.cat([torch.zeros_like(head), stats.scores[..., covered:]], -1))
+        head_mass = stats.scores[..., :covered].sum(dim=-1)
+        key_pos = torch.arange(stats.scores.shape[-1], device=stats.scores.device)
+        stats = dataclasses.replace(stats, scores=without_covered_keys(stats.scores, key_pos, covered))
     window_sum, n_counted = selection_inputs(setup, stats)
     if head_mass is not None and stats.wmass is not None:
         window_sum = window_sum + head_mass  # from the scores, the zeroed mass is the window's already
